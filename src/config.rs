@@ -1,0 +1,245 @@
+//! Settings from defaults, a TOML file, environment variables and flags, in
+//! rising precedence. One struct serves clap and serde, so `--help` and the
+//! TOML keys can never drift apart.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr, time::Duration};
+
+use clap::{ArgMatches, Args, parser::ValueSource};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A duration written like `250ms`, `5s`, `2m` or `1h`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let text = text.trim();
+        let split = text
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let n: u64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a duration such as 250ms, 5s, 2m or 1h"))?;
+        let duration = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => return Err(format!("{text:?} needs a unit: ms, s, m or h")),
+        };
+        Ok(HumanDuration(duration))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms.is_multiple_of(1000) {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Serialize for HumanDuration {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Every setting of the service. TOML keys are the field names.
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// TOML file with settings (keys as the long flags, with `_` for `-`).
+    #[arg(long, env = "VELRO_CONFIG", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<PathBuf>,
+
+    /// gRPC listen address (Authorize, BatchAuthorize, health, reflection).
+    #[arg(
+        long,
+        env = "VELRO_LISTEN",
+        default_value = "0.0.0.0:50051",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// Ops HTTP listen address (/metrics, /health, /ready).
+    #[arg(
+        long,
+        env = "VELRO_OPS_LISTEN",
+        default_value = "0.0.0.0:9090",
+        global = true
+    )]
+    pub ops_listen: SocketAddr,
+
+    /// Database URL: sqlite://FILE (embedded, created if missing) or postgres://….
+    #[arg(
+        long,
+        env = "VELRO_DATABASE_URL",
+        default_value = "sqlite://velro-authz.db",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Most database connections in the pool.
+    #[arg(
+        long,
+        env = "VELRO_DB_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
+    pub db_max_connections: u32,
+
+    /// How long a query waits for a pooled connection before failing (UNAVAILABLE).
+    #[arg(
+        long,
+        env = "VELRO_DB_ACQUIRE_TIMEOUT",
+        default_value = "2s",
+        global = true
+    )]
+    pub db_acquire_timeout: HumanDuration,
+
+    /// Run migrations when `serve` starts.
+    #[arg(long, env = "VELRO_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub migrate_on_start: bool,
+
+    /// Seed a small demo data set into an empty embedded (SQLite) database.
+    #[arg(long, env = "VELRO_DEMO_DATA", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub demo_data: bool,
+
+    /// Most permission sets held by the in-process cache tier.
+    #[arg(
+        long,
+        env = "VELRO_CACHE_CAPACITY",
+        default_value_t = 200_000,
+        global = true
+    )]
+    pub cache_capacity: u64,
+
+    /// How long the in-process tier keeps a permission set (the staleness bound).
+    #[arg(long, env = "VELRO_CACHE_TTL", default_value = "30s", global = true)]
+    pub cache_ttl: HumanDuration,
+
+    /// Most items in one BatchAuthorize call.
+    #[arg(
+        long,
+        env = "VELRO_MAX_BATCH_ITEMS",
+        default_value_t = 1_000,
+        global = true
+    )]
+    pub max_batch_items: usize,
+
+    /// Largest accepted gRPC message, in bytes.
+    #[arg(long, env = "VELRO_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024, global = true)]
+    pub max_message_bytes: usize,
+
+    /// Server-side deadline of every RPC (a shorter client deadline wins).
+    #[arg(
+        long,
+        env = "VELRO_REQUEST_TIMEOUT",
+        default_value = "5s",
+        global = true
+    )]
+    pub request_timeout: HumanDuration,
+
+    /// Most concurrent HTTP/2 streams per connection.
+    #[arg(
+        long,
+        env = "VELRO_MAX_CONCURRENT_STREAMS",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub max_concurrent_streams: u32,
+
+    /// On SIGTERM/SIGINT: how long to report NOT_SERVING before closing listeners.
+    #[arg(long, env = "VELRO_DRAIN_DELAY", default_value = "0s", global = true)]
+    pub drain_delay: HumanDuration,
+
+    /// Log filter (tracing `EnvFilter` syntax; RUST_LOG wins when set).
+    #[arg(long, env = "VELRO_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+impl Settings {
+    /// Overlays the TOML file named by `config` under everything given by
+    /// flag or environment.
+    pub fn apply_file(self, matches: &ArgMatches) -> Result<Settings, String> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        let file: toml::Table =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut merged = toml::Table::try_from(&self).map_err(|e| e.to_string())?;
+        for (key, value) in file {
+            let given = matches!(
+                matches.value_source(&key),
+                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+            );
+            if !given {
+                merged.insert(key, value);
+            }
+        }
+        merged
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("{}: {}", path.display(), e.message()))
+    }
+
+    pub fn pool(&self) -> crate::store::PoolConfig {
+        crate::store::PoolConfig {
+            max_connections: self.db_max_connections,
+            acquire_timeout: self.db_acquire_timeout.0,
+        }
+    }
+
+    /// Defaults, as `velro-authz` would run with no flags, file or environment.
+    pub fn defaults() -> Result<Settings, clap::Error> {
+        use clap::{FromArgMatches, Parser};
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let matches = <Only as clap::CommandFactory>::command()
+            .no_binary_name(true)
+            .try_get_matches_from(Vec::<String>::new())?;
+        Ok(Only::from_arg_matches(&matches)?.settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let s = Settings::defaults().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.listen.port(), 50051);
+        assert_eq!(s.request_timeout, HumanDuration(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        for text in ["250ms", "5s", "2m", "1h"] {
+            let d: HumanDuration = text.parse().unwrap_or_else(|e| panic!("{e}"));
+            assert!(!d.to_string().is_empty());
+        }
+        assert!("5".parse::<HumanDuration>().is_err());
+        assert!("soon".parse::<HumanDuration>().is_err());
+    }
+}

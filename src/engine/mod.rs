@@ -1,0 +1,169 @@
+//! The decision engine: runs the ordered layer stack for each query and
+//! records which layer decided and why.
+
+pub mod batch;
+pub mod layer;
+pub mod permissions;
+pub mod stack;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use uuid::Uuid;
+
+use crate::{
+    error::AuthzError,
+    metrics::Metrics,
+    model::{Consistency, Permissions, Query, RequestFacts},
+    store::Store,
+};
+use batch::BatchMemo;
+use layer::{Check, Context, DEFAULT_DENY, Layer, LayerId, Step, Verdict};
+use permissions::{Absence, PermissionSource, Resolver};
+
+/// The outcome of one query, with its explanation.
+#[derive(Clone, Debug)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub decided_by: LayerId,
+    pub permissions: Permissions,
+    pub source: PermissionSource,
+    pub decision_id: Uuid,
+}
+
+/// How many items of one batch are evaluated at once.
+const BATCH_CONCURRENCY: usize = 32;
+
+pub struct Engine {
+    layers: Vec<Arc<dyn Layer>>,
+    resolver: Resolver,
+    metrics: Arc<Metrics>,
+}
+
+impl Engine {
+    /// Builds the engine over an ordered stack; the relationship layers of
+    /// that stack also make up the resolver used on cache misses.
+    pub fn new(layers: Vec<Arc<dyn Layer>>, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
+        let resolver = Resolver::new(store, layers.clone(), metrics.clone());
+        Engine {
+            layers,
+            resolver,
+            metrics,
+        }
+    }
+
+    pub fn layers(&self) -> &[Arc<dyn Layer>] {
+        &self.layers
+    }
+
+    pub async fn decide(
+        &self,
+        query: Query,
+        consistency: Consistency,
+        request: &RequestFacts,
+    ) -> Result<Decision, AuthzError> {
+        self.run(query, consistency, request, None).await
+    }
+
+    /// Decides every item, in order; an invalid item keeps its own error.
+    pub async fn decide_batch(
+        &self,
+        items: Vec<Result<Query, AuthzError>>,
+        consistency: Consistency,
+        request: &RequestFacts,
+    ) -> Vec<Result<Decision, AuthzError>> {
+        let memo = BatchMemo::default();
+        let memo = &memo;
+        futures::stream::iter(items)
+            .map(|item| async move {
+                match item {
+                    Ok(query) => self.run(query, consistency, request, Some(memo)).await,
+                    Err(error) => Err(error),
+                }
+            })
+            .buffered(BATCH_CONCURRENCY)
+            .collect()
+            .await
+    }
+
+    async fn run(
+        &self,
+        query: Query,
+        consistency: Consistency,
+        request: &RequestFacts,
+        batch: Option<&BatchMemo>,
+    ) -> Result<Decision, AuthzError> {
+        let mut ctx = Context {
+            query,
+            consistency,
+            request,
+            resolver: &self.resolver,
+            batch,
+            permissions: None,
+            source: PermissionSource::None,
+        };
+        for layer in &self.layers {
+            let step = match layer.check(&mut ctx) {
+                Check::Ready(step) => step?,
+                Check::Later(step) => step.await?,
+            };
+            if let Step::Decide(verdict) = step {
+                return Ok(self.finish(&ctx, layer.id(), verdict));
+            }
+        }
+        let verdict = default_deny(&ctx);
+        Ok(self.finish(&ctx, DEFAULT_DENY, verdict))
+    }
+
+    fn finish(&self, ctx: &Context<'_>, decided_by: LayerId, verdict: Verdict) -> Decision {
+        self.metrics
+            .record_decision(verdict.allow, decided_by.name, verdict.reason);
+        Decision {
+            verdict,
+            decided_by,
+            permissions: ctx.permissions.map(|p| p.permissions()).unwrap_or_default(),
+            source: ctx.source,
+            decision_id: Uuid::now_v7(),
+        }
+    }
+}
+
+/// The deny when no layer allowed, saying as precisely as possible why.
+fn default_deny(ctx: &Context<'_>) -> Verdict {
+    let Query {
+        subject,
+        action,
+        resource,
+    } = ctx.query;
+    let deny = |reason, message| Verdict {
+        allow: false,
+        reason,
+        message,
+    };
+    let Some(set) = ctx.permissions else {
+        return deny(
+            "NO_RELATIONSHIP",
+            format!("no layer granted {action} on {resource} to {subject}"),
+        );
+    };
+    match set.absence() {
+        Some(Absence::ResourceNotFound) => {
+            deny("RESOURCE_NOT_FOUND", format!("{resource} does not exist"))
+        }
+        Some(Absence::SubjectDisabled) => deny(
+            "SUBJECT_DISABLED",
+            format!("user {subject} is disabled and holds no permissions"),
+        ),
+        None if set.permissions().is_empty() => deny(
+            "NO_RELATIONSHIP",
+            format!("user {subject} has no relationship with {resource}"),
+        ),
+        None => deny(
+            "ACTION_NOT_PERMITTED",
+            format!(
+                "user {subject} may {} on {resource}, not {action}",
+                set.permissions()
+            ),
+        ),
+    }
+}

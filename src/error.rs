@@ -1,0 +1,58 @@
+//! The one error type of the service, and its one mapping to `tonic::Status`.
+
+use tonic::{Code, Status};
+
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum AuthzError {
+    /// The request is malformed; the message says which field and why.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// A limit was hit (queue full, too much at once).
+    #[error("{0}")]
+    ResourceExhausted(String),
+    /// A dependency (the database) cannot answer; the decision fails closed.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The request ran out of time.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// A bug or corrupted data; never a reason to allow.
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AuthzError {
+    pub fn invalid(message: impl Into<String>) -> Self {
+        AuthzError::InvalidArgument(message.into())
+    }
+
+    pub fn code(&self) -> Code {
+        match self {
+            AuthzError::InvalidArgument(_) => Code::InvalidArgument,
+            AuthzError::ResourceExhausted(_) => Code::ResourceExhausted,
+            AuthzError::Unavailable(_) => Code::Unavailable,
+            AuthzError::DeadlineExceeded(_) => Code::DeadlineExceeded,
+            AuthzError::Internal(_) => Code::Internal,
+        }
+    }
+}
+
+impl From<AuthzError> for Status {
+    fn from(error: AuthzError) -> Status {
+        Status::new(error.code(), error.to_string())
+    }
+}
+
+impl From<sqlx::Error> for AuthzError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut => AuthzError::Unavailable(
+                "the database did not hand out a connection in time; try again shortly".into(),
+            ),
+            sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+                AuthzError::Unavailable(format!("the database is unreachable: {error}"))
+            }
+            other => AuthzError::Internal(format!("database error: {other}")),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! velro-authz: Velro's policy decision point.
+//!
+//! A request walks an ordered stack of authorization layers (`engine::stack`);
+//! the relationship layers' answer is a permission set per `user:resource`,
+//! cached read-through (`cache`) and computed from the store (`store`) with
+//! one round trip on a miss.
+
+pub mod cache;
+pub mod config;
+pub mod demo;
+pub mod engine;
+pub mod error;
+pub mod layers;
+pub mod metrics;
+pub mod model;
+pub mod ops;
+pub mod proto;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod transport;
+pub mod validate;
+pub mod workload;

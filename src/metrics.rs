@@ -1,0 +1,136 @@
+//! The service's Prometheus metrics. Each server instance owns its registry,
+//! so several servers in one process (tests) do not mix their counts.
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RpcLabels {
+    pub rpc: &'static str,
+    /// `allow`, `deny`, `ok` (batches) or the gRPC code name of an error.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub decision: &'static str,
+    pub decided_by: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CacheLabels {
+    pub tier: &'static str,
+    pub result: &'static str,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 25 µs .. ~6.5 s
+    Histogram::new(exponential_buckets(0.000_025, 2.0, 19))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub rpc_requests: Family<RpcLabels, Counter>,
+    pub rpc_latency: HistogramFamily<RpcLabels>,
+    pub decisions: Family<DecisionLabels, Counter>,
+    pub cache_lookups: Family<CacheLabels, Counter>,
+    /// One per database round trip that computes a permission set.
+    pub permission_computations: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("velro_authz");
+        let rpc_requests = Family::<RpcLabels, Counter>::default();
+        let rpc_latency = HistogramFamily::<RpcLabels>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        let cache_lookups = Family::<CacheLabels, Counter>::default();
+        let permission_computations = Counter::default();
+        registry.register(
+            "rpc_requests",
+            "gRPC requests by RPC and outcome",
+            rpc_requests.clone(),
+        );
+        registry.register(
+            "rpc_duration_seconds",
+            "gRPC request latency by RPC and outcome",
+            rpc_latency.clone(),
+        );
+        registry.register(
+            "decisions",
+            "Decisions (batch items count one each) by decision, deciding layer and reason",
+            decisions.clone(),
+        );
+        registry.register(
+            "cache_lookups",
+            "Permission-set cache lookups by tier and result (hit or miss)",
+            cache_lookups.clone(),
+        );
+        registry.register(
+            "permission_computations",
+            "Permission sets computed from the database (one round trip each)",
+            permission_computations.clone(),
+        );
+        Metrics {
+            registry,
+            rpc_requests,
+            rpc_latency,
+            decisions,
+            cache_lookups,
+            permission_computations,
+        }
+    }
+
+    pub fn record_rpc(&self, rpc: &'static str, outcome: &'static str, elapsed: Duration) {
+        let labels = RpcLabels { rpc, outcome };
+        self.rpc_requests.get_or_create(&labels).inc();
+        self.rpc_latency
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn record_decision(&self, allow: bool, decided_by: &'static str, reason: &'static str) {
+        let decision = if allow { "allow" } else { "deny" };
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                decision,
+                decided_by,
+                reason,
+            })
+            .inc();
+    }
+
+    pub fn record_cache_lookup(&self, tier: &'static str, hit: bool) {
+        let result = if hit { "hit" } else { "miss" };
+        self.cache_lookups
+            .get_or_create(&CacheLabels { tier, result })
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::new();
+        encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}

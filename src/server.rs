@@ -1,0 +1,171 @@
+//! Assembles the service once at start-up (store, migrations, cache, engine,
+//! gRPC and ops listeners) and runs it until asked to drain and stop.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::ServingStatus;
+
+use crate::{
+    cache::PermissionCache,
+    config::Settings,
+    demo,
+    engine::{
+        Engine,
+        stack::{StackParts, layer_stack},
+    },
+    error::AuthzError,
+    metrics::Metrics,
+    ops::{self, Readiness},
+    proto::{self, authorization_service_server::AuthorizationServiceServer},
+    service::AuthzService,
+    store::{self, Backend},
+    transport::GuardLayer,
+};
+
+const SERVICE_NAME: &str = "velro.authz.v1.AuthorizationService";
+
+/// A started server. Dropping it also starts a drain.
+pub struct RunningServer {
+    pub grpc_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    drain: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), AuthzError>>,
+}
+
+impl RunningServer {
+    /// Reports NOT_SERVING, waits the drain delay, lets in-flight requests
+    /// finish and closes the listeners and pools.
+    pub async fn shutdown(mut self) -> Result<(), AuthzError> {
+        if let Some(drain) = self.drain.take() {
+            let _ = drain.send(());
+        }
+        (&mut self.task)
+            .await
+            .map_err(|e| AuthzError::Internal(format!("server task failed: {e}")))?
+    }
+}
+
+fn bind_error(what: &str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> AuthzError {
+    let what = what.to_owned();
+    move |e| AuthzError::Unavailable(format!("cannot listen for {what} on {addr}: {e}"))
+}
+
+pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
+    let store = store::connect(&settings.database_url, &settings.pool()).await?;
+    if settings.migrate_on_start {
+        store.migrate().await?;
+    }
+    let metrics = Arc::new(Metrics::new());
+    let cache = Arc::new(PermissionCache::new(
+        settings.cache_capacity,
+        settings.cache_ttl.0,
+        metrics.clone(),
+    ));
+    let engine = Arc::new(Engine::new(
+        layer_stack(StackParts { cache }),
+        store.clone(),
+        metrics.clone(),
+    ));
+
+    let grpc_listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(bind_error("gRPC", settings.listen))?;
+    let ops_listener = TcpListener::bind(settings.ops_listen)
+        .await
+        .map_err(bind_error("ops HTTP", settings.ops_listen))?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(bind_error("gRPC", settings.listen))?;
+    let ops_addr = ops_listener
+        .local_addr()
+        .map_err(bind_error("ops HTTP", settings.ops_listen))?;
+
+    if settings.demo_data && store.backend() == Backend::Sqlite {
+        demo::ensure(store.as_ref(), &engine, grpc_addr.port()).await?;
+    }
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_error =
+        |e: tonic_reflection::server::Error| AuthzError::Internal(format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+    let authz = AuthorizationServiceServer::new(AuthzService::new(
+        engine,
+        metrics.clone(),
+        settings.max_batch_items,
+    ))
+    .max_decoding_message_size(settings.max_message_bytes);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let readiness = Arc::new(Readiness::default());
+    for name in ["", SERVICE_NAME] {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    readiness.set(true);
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let grpc = Server::builder()
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .layer(GuardLayer {
+            server_timeout: settings.request_timeout.0,
+            max_message_bytes: settings.max_message_bytes,
+        })
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(authz)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            stopped(stop_rx.clone()),
+        );
+    let ops = axum::serve(ops_listener, ops::router(metrics, readiness.clone()))
+        .with_graceful_shutdown(stopped(stop_rx));
+
+    let (drain_tx, drain_rx) = oneshot::channel::<()>();
+    let drain_delay = settings.drain_delay.0;
+    let drainer = async move {
+        let _ = drain_rx.await;
+        readiness.set(false);
+        for name in ["", SERVICE_NAME] {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        tracing::info!(?drain_delay, "draining: reporting NOT_SERVING");
+        tokio::time::sleep(drain_delay).await;
+        let _ = stop_tx.send(true);
+    };
+    let task = tokio::spawn(async move {
+        let (grpc, ops, ()) = tokio::join!(grpc, ops, drainer);
+        store.close().await;
+        grpc.map_err(|e| AuthzError::Internal(format!("gRPC server failed: {e}")))?;
+        ops.map_err(|e| AuthzError::Internal(format!("ops server failed: {e}")))?;
+        tracing::info!("stopped");
+        Ok(())
+    });
+    tracing::info!(%grpc_addr, %ops_addr, database = %store::redact(&settings.database_url), "serving");
+    Ok(RunningServer {
+        grpc_addr,
+        ops_addr,
+        drain: Some(drain_tx),
+        task,
+    })
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}

@@ -1,0 +1,122 @@
+//! Storage behind one trait: PostgreSQL in production, SQLite as the embedded
+//! default. Pools are built once at start-up.
+
+mod sql;
+
+use std::{str::FromStr, sync::Arc, time::Duration};
+
+use sqlx::{
+    postgres::PgPoolOptions,
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+use uuid::Uuid;
+
+use crate::{
+    error::AuthzError,
+    model::{ResourceRef, TeamRole, Visibility},
+    workload::Dataset,
+};
+pub use sql::{PgStore, SqliteStore};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// What the relationship layers need to know about one subject and one
+/// resource, fetched in one round trip.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Facts {
+    /// The subject owns the resource's project.
+    pub is_project_owner: bool,
+    /// The subject created the generation (or the media object's generation).
+    pub is_creator: bool,
+    pub visibility: Visibility,
+    /// The subject's role in the project's team, if any.
+    pub team_role: Option<TeamRole>,
+    pub subject_known: bool,
+    pub subject_disabled: bool,
+}
+
+#[tonic::async_trait]
+pub trait Store: Send + Sync {
+    fn backend(&self) -> Backend;
+
+    /// Applies the migrations of this backend's dialect.
+    async fn migrate(&self) -> Result<(), AuthzError>;
+
+    /// The facts for `subject` on `resource`; `None` when the resource does
+    /// not exist.
+    async fn permission_facts(
+        &self,
+        subject: Uuid,
+        resource: ResourceRef,
+    ) -> Result<Option<Facts>, AuthzError>;
+
+    /// True when no user exists yet.
+    async fn is_empty(&self) -> Result<bool, AuthzError>;
+
+    /// Inserts a generated data set in one transaction.
+    async fn insert_dataset(&self, data: &Dataset) -> Result<(), AuthzError>;
+
+    async fn close(&self);
+}
+
+/// Pool settings.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+}
+
+/// Opens the store the URL names: `postgres://…` or `sqlite://…` (the file
+/// is created if missing).
+pub async fn connect(url: &str, pool: &PoolConfig) -> Result<Arc<dyn Store>, AuthzError> {
+    let unreachable = |e: sqlx::Error| {
+        AuthzError::Unavailable(format!("cannot open database {}: {e}", redact(url)))
+    };
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let pool = PgPoolOptions::new()
+            .max_connections(pool.max_connections)
+            .acquire_timeout(pool.acquire_timeout)
+            .connect(url)
+            .await
+            .map_err(unreachable)?;
+        Ok(Arc::new(PgStore::new(pool)))
+    } else if url.starts_with("sqlite:") {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|e| AuthzError::invalid(format!("bad SQLite URL {url}: {e}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(5))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(pool.max_connections)
+            .acquire_timeout(pool.acquire_timeout)
+            .connect_with(options)
+            .await
+            .map_err(unreachable)?;
+        Ok(Arc::new(SqliteStore::new(pool)))
+    } else {
+        Err(AuthzError::invalid(format!(
+            "unsupported database URL {}: use postgres://… or sqlite://…",
+            redact(url)
+        )))
+    }
+}
+
+/// The URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

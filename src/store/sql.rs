@@ -1,0 +1,240 @@
+//! The two SQL backends. The SQL is shared (`$n` placeholders work on both);
+//! only how a UUID is bound differs (native `uuid` on PostgreSQL, canonical
+//! text on SQLite), so both are stamped from one macro.
+
+use sqlx::{FromRow, QueryBuilder};
+use uuid::Uuid;
+
+use super::{Backend, Facts, Store};
+use crate::{
+    error::AuthzError,
+    model::{ResourceKind, ResourceRef, TeamRole, Visibility},
+    workload::Dataset,
+};
+
+/// Columns every facts query returns; `$1` is the subject, `$2` the resource.
+macro_rules! facts_query {
+    ($from:literal, $where:literal) => {
+        concat!(
+            "SELECT p.owner_id = $1 AS is_project_owner, ",
+            "COALESCE(g.created_by = $1, p.owner_id = $1) AS is_creator, ",
+            "p.visibility AS visibility, m.role AS team_role, ",
+            "u.id IS NOT NULL AS subject_known, COALESCE(u.disabled, FALSE) AS subject_disabled ",
+            $from,
+            " LEFT JOIN team_members m ON m.team_id = p.team_id AND m.user_id = $1",
+            " LEFT JOIN users u ON u.id = $1 WHERE ",
+            $where
+        )
+    };
+}
+
+/// One round trip per kind: the resource, its project, the subject's team
+/// role on it and the subject's status, all by primary key.
+fn facts_sql(kind: ResourceKind) -> &'static str {
+    match kind {
+        ResourceKind::Project => facts_query!(
+            "FROM projects p LEFT JOIN generations g ON FALSE",
+            "p.id = $2"
+        ),
+        ResourceKind::Generation => facts_query!(
+            "FROM generations g JOIN projects p ON p.id = g.project_id",
+            "g.id = $2"
+        ),
+        ResourceKind::Media => facts_query!(
+            "FROM media md JOIN generations g ON g.id = md.generation_id JOIN projects p ON p.id = g.project_id",
+            "md.id = $2"
+        ),
+    }
+}
+
+#[derive(FromRow)]
+struct FactsRow {
+    is_project_owner: bool,
+    is_creator: bool,
+    visibility: String,
+    team_role: Option<String>,
+    subject_known: bool,
+    subject_disabled: bool,
+}
+
+impl FactsRow {
+    fn into_facts(self) -> Result<Facts, AuthzError> {
+        let visibility = Visibility::parse(&self.visibility).ok_or_else(|| {
+            AuthzError::Internal(format!(
+                "stored visibility {:?} is unknown",
+                self.visibility
+            ))
+        })?;
+        let team_role = match self.team_role {
+            Some(role) => Some(TeamRole::parse(&role).ok_or_else(|| {
+                AuthzError::Internal(format!("stored team role {role:?} is unknown"))
+            })?),
+            None => None,
+        };
+        Ok(Facts {
+            is_project_owner: self.is_project_owner,
+            is_creator: self.is_creator,
+            visibility,
+            team_role,
+            subject_known: self.subject_known,
+            subject_disabled: self.subject_disabled,
+        })
+    }
+}
+
+/// Rows per INSERT statement: well under both dialects' bind limits.
+const INSERT_CHUNK: usize = 1_000;
+
+macro_rules! sql_store {
+    ($name:ident, $db:ty, $backend:expr, $migrations:literal, $bind_id:expr) => {
+        pub struct $name {
+            pool: sqlx::Pool<$db>,
+        }
+
+        impl $name {
+            pub fn new(pool: sqlx::Pool<$db>) -> Self {
+                $name { pool }
+            }
+
+            pub fn pool(&self) -> &sqlx::Pool<$db> {
+                &self.pool
+            }
+        }
+
+        #[tonic::async_trait]
+        impl Store for $name {
+            fn backend(&self) -> Backend {
+                $backend
+            }
+
+            async fn migrate(&self) -> Result<(), AuthzError> {
+                sqlx::migrate!($migrations)
+                    .run(&self.pool)
+                    .await
+                    .map_err(|e| AuthzError::Unavailable(format!("migrations failed: {e}")))
+            }
+
+            async fn permission_facts(
+                &self,
+                subject: Uuid,
+                resource: ResourceRef,
+            ) -> Result<Option<Facts>, AuthzError> {
+                let bind_id = $bind_id;
+                let row: Option<FactsRow> = sqlx::query_as(facts_sql(resource.kind))
+                    .bind(bind_id(subject))
+                    .bind(bind_id(resource.id))
+                    .fetch_optional(&self.pool)
+                    .await?;
+                row.map(FactsRow::into_facts).transpose()
+            }
+
+            async fn is_empty(&self) -> Result<bool, AuthzError> {
+                let (users,): (i64,) =
+                    sqlx::query_as("SELECT COUNT(*) FROM (SELECT 1 FROM users LIMIT 1) AS one")
+                        .fetch_one(&self.pool)
+                        .await?;
+                Ok(users == 0)
+            }
+
+            async fn insert_dataset(&self, data: &Dataset) -> Result<(), AuthzError> {
+                let bind_id = $bind_id;
+                let mut tx = self.pool.begin().await?;
+                for chunk in data.users.chunks(INSERT_CHUNK) {
+                    QueryBuilder::<$db>::new("INSERT INTO users (id, email, disabled) ")
+                        .push_values(chunk, |mut row, u| {
+                            row.push_bind(bind_id(u.id))
+                                .push_bind(u.email.clone())
+                                .push_bind(u.disabled);
+                        })
+                        .build()
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for chunk in data.teams.chunks(INSERT_CHUNK) {
+                    QueryBuilder::<$db>::new("INSERT INTO teams (id, name) ")
+                        .push_values(chunk, |mut row, t| {
+                            row.push_bind(bind_id(t.id)).push_bind(t.name.clone());
+                        })
+                        .build()
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for chunk in data.members.chunks(INSERT_CHUNK) {
+                    QueryBuilder::<$db>::new("INSERT INTO team_members (team_id, user_id, role) ")
+                        .push_values(chunk, |mut row, m| {
+                            row.push_bind(bind_id(m.team_id))
+                                .push_bind(bind_id(m.user_id))
+                                .push_bind(m.role.as_str());
+                        })
+                        .build()
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                for chunk in data.projects.chunks(INSERT_CHUNK) {
+                    QueryBuilder::<$db>::new(
+                        "INSERT INTO projects (id, owner_id, team_id, visibility, name) ",
+                    )
+                    .push_values(chunk, |mut row, p| {
+                        row.push_bind(bind_id(p.id))
+                            .push_bind(bind_id(p.owner_id))
+                            .push_bind(p.team_id.map(bind_id))
+                            .push_bind(p.visibility.as_str())
+                            .push_bind(p.name.clone());
+                    })
+                    .build()
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for chunk in data.generations.chunks(INSERT_CHUNK) {
+                    QueryBuilder::<$db>::new(
+                        "INSERT INTO generations (id, project_id, created_by, parent_id) ",
+                    )
+                    .push_values(chunk, |mut row, g| {
+                        row.push_bind(bind_id(g.id))
+                            .push_bind(bind_id(g.project_id))
+                            .push_bind(bind_id(g.created_by))
+                            .push_bind(g.parent_id.map(bind_id));
+                    })
+                    .build()
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                for chunk in data.media.chunks(INSERT_CHUNK) {
+                    QueryBuilder::<$db>::new(
+                        "INSERT INTO media (id, generation_id, object_key, kind) ",
+                    )
+                    .push_values(chunk, |mut row, m| {
+                        row.push_bind(bind_id(m.id))
+                            .push_bind(bind_id(m.generation_id))
+                            .push_bind(m.object_key.clone())
+                            .push_bind(m.kind);
+                    })
+                    .build()
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                Ok(())
+            }
+
+            async fn close(&self) {
+                self.pool.close().await;
+            }
+        }
+    };
+}
+
+sql_store!(
+    PgStore,
+    sqlx::Postgres,
+    Backend::Postgres,
+    "migrations/postgres",
+    |id: Uuid| id
+);
+sql_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    Backend::Sqlite,
+    "migrations/sqlite",
+    |id: Uuid| id.hyphenated().to_string()
+);

@@ -1,0 +1,106 @@
+//! The command line as a newcomer uses it: help, migrate, seed, config.
+
+use std::process::Command;
+
+use crate::common::{Db, TestDb};
+
+fn velro(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_velro-authz"));
+    command.args(args).env_remove("RUST_LOG");
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("run velro-authz: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn help_documents_every_option() {
+    let (ok, text) = velro(&["--help"], &[]);
+    assert!(ok, "{text}");
+    for option in [
+        "--config",
+        "--listen",
+        "--ops-listen",
+        "--database-url",
+        "--cache-capacity",
+        "--cache-ttl",
+        "--max-batch-items",
+        "--request-timeout",
+        "serve",
+        "migrate",
+        "seed",
+    ] {
+        assert!(text.contains(option), "--help lacks {option}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn migrate_then_seed_then_refuse_to_seed_twice() {
+    let db = TestDb::create(Db::Sqlite).await;
+    let url = db.url.as_str();
+    let (ok, text) = velro(&["migrate", "--database-url", url], &[]);
+    assert!(ok, "{text}");
+    let (ok, text) = velro(
+        &[
+            "seed",
+            "--scale",
+            "0.01",
+            "--seed",
+            "7",
+            "--database-url",
+            url,
+        ],
+        &[],
+    );
+    assert!(ok, "{text}");
+    assert!(text.contains("seeded 100 users, 10 teams"), "{text}");
+    assert!(
+        text.contains("# expect ALLOW") && text.contains("# expect DENY"),
+        "{text}"
+    );
+    let (ok, text) = velro(&["seed", "--scale", "0.01", "--database-url", url], &[]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("already holds users"), "{text}");
+}
+
+#[test]
+fn config_file_env_and_flags_in_rising_precedence() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("velro.toml");
+    std::fs::write(
+        &file,
+        "cache_ttl = \"7s\"\nmax_batch_items = 77\nlisten = \"127.0.0.1:1111\"\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let path = file.to_string_lossy().to_string();
+    let (ok, text) = velro(
+        &["config", "--config", &path, "--max-batch-items", "99"],
+        &[("VELRO_LISTEN", "127.0.0.1:2222")],
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("cache_ttl = \"7s\""),
+        "file beats default: {text}"
+    );
+    assert!(
+        text.contains("listen = \"127.0.0.1:2222\""),
+        "env beats file: {text}"
+    );
+    assert!(
+        text.contains("max_batch_items = 99"),
+        "flag beats file: {text}"
+    );
+
+    std::fs::write(&file, "cache_tll = \"7s\"\n").unwrap_or_else(|e| panic!("{e}"));
+    let (ok, text) = velro(&["config", "--config", &path], &[]);
+    assert!(!ok, "a misspelt key must be an error: {text}");
+    assert!(text.contains("cache_tll"), "{text}");
+}

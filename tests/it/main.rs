@@ -1,0 +1,12 @@
+//! Integration tests: a real server over real gRPC, on PostgreSQL and SQLite.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+mod bad_input;
+mod batch;
+mod cli;
+mod reference_model;
+mod rules;
+mod service;

@@ -1,0 +1,236 @@
+//! The server agrees with a small, obviously correct evaluator, written
+//! without SQL over plain vectors, on random data sets and requests.
+
+use std::collections::BTreeSet;
+
+use futures::StreamExt;
+use rand::{Rng, SeedableRng, seq::IndexedRandom};
+use rand_chacha::ChaCha8Rng;
+use uuid::Uuid;
+use velro_authz::{
+    model::{TeamRole, Visibility},
+    proto::{self, Decision},
+    workload::{self, Dataset},
+};
+
+use crate::{
+    common::{Db, TestDb, TestServer, fixture, settings},
+    on_both_databases,
+};
+
+const ACTIONS: [&str; 4] = ["read", "write", "delete", "share"];
+
+/// The permission set by the rules as written in the issue, nothing shared
+/// with the server's code.
+fn model_permissions(data: &Dataset, user: Uuid, kind: &str, id: Uuid) -> BTreeSet<&'static str> {
+    let mut held = BTreeSet::new();
+    let (project_id, creator) = match kind {
+        "project" => (Some(id), None),
+        "generation" => match data.generations.iter().find(|g| g.id == id) {
+            Some(g) => (Some(g.project_id), Some(g.created_by)),
+            None => (None, None),
+        },
+        _ => match data.media.iter().find(|m| m.id == id) {
+            Some(m) => match data.generations.iter().find(|g| g.id == m.generation_id) {
+                Some(g) => (Some(g.project_id), Some(g.created_by)),
+                None => (None, None),
+            },
+            None => (None, None),
+        },
+    };
+    let Some(project) = project_id.and_then(|pid| data.projects.iter().find(|p| p.id == pid))
+    else {
+        return held;
+    };
+    if data.users.iter().any(|u| u.id == user && u.disabled) {
+        return held;
+    }
+    if project.owner_id == user || creator == Some(user) {
+        return ACTIONS.into_iter().collect();
+    }
+    let role = data
+        .members
+        .iter()
+        .find(|m| Some(m.team_id) == project.team_id && m.user_id == user)
+        .map(|m| m.role);
+    let by_role: &[&'static str] = match role {
+        Some(TeamRole::Admin) => &ACTIONS,
+        Some(TeamRole::Editor) if project.visibility != Visibility::Private => &["read", "write"],
+        Some(TeamRole::Viewer) if project.visibility != Visibility::Private => &["read"],
+        _ => &[],
+    };
+    held.extend(by_role);
+    if project.visibility == Visibility::Public {
+        held.insert("read");
+    }
+    held
+}
+
+struct Check {
+    user: Uuid,
+    action: &'static str,
+    kind: &'static str,
+    id: Uuid,
+}
+
+/// Requests biased towards related pairs, so allows and denies both occur.
+fn random_checks(data: &Dataset, rng: &mut ChaCha8Rng, n: usize) -> Vec<Check> {
+    (0..n)
+        .map(|_| {
+            let kind = *["project", "generation", "media"]
+                .choose(rng)
+                .unwrap_or(&"project");
+            let (id, project_id) = match kind {
+                "project" => {
+                    let p = &data.projects[rng.random_range(0..data.projects.len())];
+                    (p.id, p.id)
+                }
+                "generation" => {
+                    let g = &data.generations[rng.random_range(0..data.generations.len())];
+                    (g.id, g.project_id)
+                }
+                _ => {
+                    let i = rng.random_range(0..data.media.len());
+                    (data.media[i].id, data.generations[i].project_id)
+                }
+            };
+            let id = if rng.random_bool(0.05) {
+                Uuid::new_v4()
+            } else {
+                id
+            };
+            let project = data.projects.iter().find(|p| p.id == project_id);
+            let user = match rng.random_range(0..10) {
+                0 => Uuid::new_v4(),
+                1..=5 => {
+                    let team = project.and_then(|p| p.team_id);
+                    let members: Vec<Uuid> = data
+                        .members
+                        .iter()
+                        .filter(|m| Some(m.team_id) == team)
+                        .map(|m| m.user_id)
+                        .collect();
+                    members.choose(rng).copied().unwrap_or(data.users[0].id)
+                }
+                6 => project.map(|p| p.owner_id).unwrap_or(data.users[0].id),
+                _ => data.users[rng.random_range(0..data.users.len())].id,
+            };
+            Check {
+                user,
+                action: ACTIONS.choose(rng).unwrap_or(&"read"),
+                kind,
+                id,
+            }
+        })
+        .collect()
+}
+
+fn assert_agrees(data: &Dataset, c: &Check, r: &proto::AuthorizeResponse) -> bool {
+    let expected = model_permissions(data, c.user, c.kind, c.id);
+    let got: BTreeSet<&str> = r.permissions.iter().map(String::as_str).collect();
+    let what = format!("{} {} {}:{} -> {r:?}", c.user, c.action, c.kind, c.id);
+    assert_eq!(
+        got,
+        expected.iter().copied().collect(),
+        "permission set: {what}"
+    );
+    let allow = expected.contains(c.action);
+    assert_eq!(r.decision() == Decision::Allow, allow, "decision: {what}");
+    allow
+}
+
+async fn agree_on_random_worlds(db: Db) {
+    let seed = std::env::var("VELRO_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            u64::from(
+                std::time::UNIX_EPOCH
+                    .elapsed()
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(7),
+            )
+        });
+    eprintln!("reference model seed {seed} (rerun with VELRO_TEST_SEED={seed})");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (mut checked, mut allowed) = (0usize, 0usize);
+    for round in 0..2 {
+        let db = TestDb::create(db).await;
+        let data = workload::generate(0.004 + 0.004 * round as f64, rng.random());
+        db.store()
+            .await
+            .insert_dataset(&data)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let server = TestServer::start(settings(&db.url)).await;
+
+        // Through Authorize, concurrently, twice (computed, then cached).
+        let checks = random_checks(&data, &mut rng, 700);
+        for _pass in 0..2 {
+            let answers: Vec<_> = futures::stream::iter(&checks)
+                .map(|c| {
+                    let mut client = server.client.clone();
+                    async move {
+                        client
+                            .authorize(fixture::authorize(c.user, c.action, c.kind, c.id))
+                            .await
+                    }
+                })
+                .buffered(16)
+                .collect()
+                .await;
+            for (c, answer) in checks.iter().zip(answers) {
+                let r = answer
+                    .unwrap_or_else(|e| panic!("authorize: {e}"))
+                    .into_inner();
+                allowed += usize::from(assert_agrees(&data, c, &r));
+                checked += 1;
+            }
+        }
+
+        // Through BatchAuthorize, fully consistent and cached.
+        let checks = random_checks(&data, &mut rng, 1_000);
+        for consistency in [
+            proto::Consistency::FullyConsistent,
+            proto::Consistency::MinimizeLatency,
+        ] {
+            for chunk in checks.chunks(250) {
+                let request = proto::BatchAuthorizeRequest {
+                    items: chunk
+                        .iter()
+                        .map(|c| fixture::item(c.user, c.action, c.kind, c.id))
+                        .collect(),
+                    consistency: consistency as i32,
+                    ..Default::default()
+                };
+                let results = server
+                    .client
+                    .clone()
+                    .batch_authorize(request)
+                    .await
+                    .unwrap_or_else(|e| panic!("batch: {e}"))
+                    .into_inner()
+                    .results;
+                assert_eq!(results.len(), chunk.len());
+                for (c, result) in chunk.iter().zip(results) {
+                    let Some(proto::batch_result::Outcome::Response(r)) = result.outcome else {
+                        panic!("valid item got {result:?}");
+                    };
+                    allowed += usize::from(assert_agrees(&data, c, &r));
+                    checked += 1;
+                }
+            }
+        }
+        server.stop().await;
+    }
+    assert!(checked >= 6_000, "{checked} decisions checked");
+    let share = allowed as f64 / checked as f64;
+    assert!(
+        (0.15..0.85).contains(&share),
+        "allow share {share:.2}: the requests must exercise both answers"
+    );
+}
+on_both_databases!(
+    server_agrees_with_the_reference_model,
+    agree_on_random_worlds
+);
