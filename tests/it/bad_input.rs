@@ -4,24 +4,14 @@
 use tonic::Code;
 use velro_authz::proto::{self, Decision};
 
-use crate::common::{
-    Db, TestDb, TestServer,
-    fixture::{World, authorize},
-    settings,
-};
+use crate::common::{Db, fixture::authorize, world_server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_are_rejected_and_the_server_keeps_serving() {
-    let db = TestDb::create(Db::Sqlite).await;
-    let w = World::new();
-    db.store()
-        .await
-        .insert_dataset(&w.data)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut s = settings(&db.url);
-    s.max_message_bytes = 64 * 1024;
-    let mut server = TestServer::start(s).await;
+    let (_db, w, mut server) = world_server(Db::Sqlite, |s| {
+        s.max_message_bytes = 64 * 1024;
+    })
+    .await;
     let good = authorize(w.owner, "read", "project", w.team.project);
 
     let mut cases: Vec<(&str, proto::AuthorizeRequest, Code, &str)> = Vec::new();

@@ -6,9 +6,9 @@ use velro_authz::proto::{Decision, PermissionSource};
 
 use crate::{
     common::{
-        Db, TestDb, TestServer,
+        Db,
         fixture::{World, authorize},
-        settings,
+        world_server,
     },
     on_both_databases,
 };
@@ -421,14 +421,7 @@ fn cases(w: &World) -> Vec<Case> {
 }
 
 async fn every_rule(db: Db) {
-    let db = TestDb::create(db).await;
-    let world = World::new();
-    db.store()
-        .await
-        .insert_dataset(&world.data)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut server = TestServer::start(settings(&db.url)).await;
+    let (_db, world, mut server) = world_server(db, |_| {}).await;
     let cases = cases(&world);
     assert_eq!(cases.len(), 150, "the table covers every rule");
     for c in &cases {
@@ -463,14 +456,7 @@ async fn every_rule(db: Db) {
 on_both_databases!(every_rule_of_the_relationship_layers, every_rule);
 
 async fn caches_unless_fully_consistent(db: Db) {
-    let db = TestDb::create(db).await;
-    let world = World::new();
-    db.store()
-        .await
-        .insert_dataset(&world.data)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut server = TestServer::start(settings(&db.url)).await;
+    let (db, world, mut server) = world_server(db, |_| {}).await;
     let request = authorize(world.editor, "write", "project", world.team.project);
     let mut sources = Vec::new();
     for _ in 0..3 {

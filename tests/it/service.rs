@@ -21,7 +21,7 @@ use crate::common::{
     Db, TestDb, TestServer,
     fixture::{World, authorize},
     proxy::Proxy,
-    settings,
+    settings, world_server,
 };
 
 const SERVICE: &str = "velro.authz.v1.AuthorizationService";
@@ -38,14 +38,7 @@ async fn health_of(server: &TestServer, service: &str) -> Result<ServingStatus, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_reflection_and_metrics() {
-    let db = TestDb::create(Db::Postgres).await;
-    let w = World::new();
-    db.store()
-        .await
-        .insert_dataset(&w.data)
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut server = TestServer::start(settings(&db.url)).await;
+    let (_db, w, mut server) = world_server(Db::Postgres, |_| {}).await;
 
     for service in ["", SERVICE] {
         assert_eq!(

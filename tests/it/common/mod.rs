@@ -218,6 +218,25 @@ impl TestServer {
     }
 }
 
+/// A fresh database holding the hand-made `World`, and a server on it whose
+/// settings `tweak` may adjust.
+pub async fn world_server(
+    kind: Db,
+    tweak: impl FnOnce(&mut Settings),
+) -> (TestDb, fixture::World, TestServer) {
+    let db = TestDb::create(kind).await;
+    let world = fixture::World::new();
+    db.store()
+        .await
+        .insert_dataset(&world.data)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut s = settings(&db.url);
+    tweak(&mut s);
+    let server = TestServer::start(s).await;
+    (db, world, server)
+}
+
 /// A minimal HTTP/1.0 GET, enough for the ops port.
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
