@@ -11,6 +11,7 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod layers;
+pub mod loadgen;
 pub mod metrics;
 pub mod model;
 pub mod ops;

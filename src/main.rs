@@ -83,6 +83,11 @@ fn main() -> ExitCode {
 }
 
 async fn serve(settings: &Settings) -> Result<(), AuthzError> {
+    // Each client connection holds a descriptor: take what the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open file limit"),
+        Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
+    }
     let running = server::start(settings).await?;
     shutdown_signal().await;
     tracing::info!("shutdown signal received");

@@ -7,6 +7,7 @@ mod common;
 mod bad_input;
 mod batch;
 mod cli;
+mod loadgen;
 mod reference_model;
 mod rules;
 mod service;

@@ -1,0 +1,281 @@
+//! Drives one plan over real gRPC: a set of HTTP/2 connections shared by
+//! workers, closed loop or open loop. In open loop every request has an
+//! intended send time from the rate schedule and its latency is measured
+//! from that time, so a stalled server shows its queueing in the figures
+//! instead of hiding it by slowing the generator (coordinated omission).
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::StreamExt;
+use tokio::time::Instant;
+use tonic::{
+    Code, Request,
+    transport::{Channel, Endpoint},
+};
+use tonic_health::pb::health_client::HealthClient;
+
+use super::{
+    LoadError,
+    ghz::{Load, Plan},
+    messages::{Message, Workset},
+    tally::Tally,
+};
+use crate::proto::{
+    Decision, PermissionSource, authorization_service_client::AuthorizationServiceClient,
+    batch_result::Outcome,
+};
+
+/// Connections opened at once while setting up.
+const CONNECT_PARALLELISM: usize = 256;
+/// File descriptors kept free beyond one per connection.
+const SPARE_FDS: u64 = 256;
+
+/// Ticket number -> intended send offset and load step, for open loop.
+struct Schedule {
+    /// (first ticket, start offset, rate) of each step.
+    steps: Vec<(u64, Duration, f64)>,
+}
+
+impl Schedule {
+    fn new(load: &Load) -> Option<Schedule> {
+        let Load::Open(rates) = load else {
+            return None;
+        };
+        let mut steps = Vec::with_capacity(rates.len());
+        let (mut first, mut offset) = (0u64, Duration::ZERO);
+        for rate in rates {
+            steps.push((first, offset, rate.rps));
+            if let Some(d) = rate.duration {
+                first += (rate.rps * d.as_secs_f64()).round() as u64;
+                offset += d;
+            }
+        }
+        Some(Schedule { steps })
+    }
+
+    fn at(&self, ticket: u64) -> (Duration, usize) {
+        let step = self
+            .steps
+            .partition_point(|(first, _, _)| *first <= ticket)
+            .saturating_sub(1);
+        let (first, offset, rps) = self.steps[step];
+        let into = Duration::from_secs_f64((ticket - first) as f64 / rps);
+        (offset + into, step)
+    }
+
+    fn len(&self) -> usize {
+        self.steps.len()
+    }
+}
+
+/// Raises the soft file-descriptor limit as far as the hard limit allows
+/// and says what to raise when that is still too few.
+pub fn ensure_fd_limit(connections: usize) -> Result<(), LoadError> {
+    let wanted = connections as u64 + SPARE_FDS;
+    let have = rlimit::increase_nofile_limit(wanted.max(1024)).unwrap_or(0);
+    if have < wanted {
+        return Err(LoadError(format!(
+            "{connections} connections need about {wanted} file descriptors but this process may \
+             open only {have}; raise the limit (ulimit -n {wanted}, or LimitNOFILE= in systemd)"
+        )));
+    }
+    Ok(())
+}
+
+async fn connect_all(plan: &Plan) -> Result<Vec<Channel>, LoadError> {
+    ensure_fd_limit(plan.connections)?;
+    let endpoint = Endpoint::from_shared(format!("http://{}", plan.host))
+        .map_err(|e| LoadError(format!("host {:?}: {e}", plan.host)))?
+        .connect_timeout(plan.connect_timeout)
+        .tcp_nodelay(true);
+    let results: Vec<_> = futures::stream::iter(0..plan.connections)
+        .map(|_| endpoint.connect())
+        .buffer_unordered(CONNECT_PARALLELISM)
+        .collect()
+        .await;
+    let mut channels = Vec::with_capacity(results.len());
+    let mut first_error = None;
+    for result in results {
+        match result {
+            Ok(channel) => channels.push(channel),
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        None => Ok(channels),
+        Some(e) => Err(LoadError(format!(
+            "opened {} of {} connections to {}: {e:?}",
+            channels.len(),
+            plan.connections,
+            plan.host
+        ))),
+    }
+}
+
+/// One answer: the decision and the source the server reported, or a
+/// per-item error code inside a batch.
+type Answer = Result<(bool, PermissionSource), Code>;
+
+async fn send(
+    channel: &Channel,
+    message: &Message,
+    timeout: Duration,
+) -> Result<Vec<Answer>, Code> {
+    let status = |s: tonic::Status| s.code();
+    let call = async {
+        match message {
+            Message::HealthCheck(m) => {
+                let mut request = Request::new(m.clone());
+                request.set_timeout(timeout);
+                HealthClient::new(channel.clone())
+                    .check(request)
+                    .await
+                    .map_err(status)?;
+                Ok(Vec::new())
+            }
+            Message::Authorize(m) => {
+                let mut request = Request::new(m.clone());
+                request.set_timeout(timeout);
+                let r = AuthorizationServiceClient::new(channel.clone())
+                    .authorize(request)
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                Ok(vec![Ok((r.decision() == Decision::Allow, r.source()))])
+            }
+            Message::BatchAuthorize(m) => {
+                let mut request = Request::new(m.clone());
+                request.set_timeout(timeout);
+                let results = AuthorizationServiceClient::new(channel.clone())
+                    .batch_authorize(request)
+                    .await
+                    .map_err(status)?
+                    .into_inner()
+                    .results;
+                Ok(results
+                    .into_iter()
+                    .map(|r| match r.outcome {
+                        Some(Outcome::Response(r)) => {
+                            Ok((r.decision() == Decision::Allow, r.source()))
+                        }
+                        Some(Outcome::Error(e)) => Err(Code::from_i32(e.code)),
+                        None => Err(Code::Unknown),
+                    })
+                    .collect())
+            }
+        }
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .unwrap_or(Err(Code::DeadlineExceeded))
+}
+
+fn record(tally: &mut Tally, answers: Vec<Answer>, expected: Option<&Vec<bool>>, index: usize) {
+    tally.decisions += answers.len() as u64;
+    if let Some(expected) = expected {
+        tally.checked += 1;
+        let got: Vec<Option<bool>> = answers.iter().map(|a| a.ok().map(|(d, _)| d)).collect();
+        let want: Vec<Option<bool>> = expected.iter().copied().map(Some).collect();
+        if got != want {
+            tally.mismatch(format!("data[{index}]: expected {want:?}, got {got:?}"));
+        }
+    }
+    for answer in answers {
+        match answer {
+            Ok((_, source)) => tally.source(source),
+            Err(code) => tally.error(code),
+        }
+    }
+}
+
+/// Runs `plan`; returns one tally per load step (one for closed loop).
+/// Every `check_every`-th request is compared with its expected answer.
+pub async fn run(
+    plan: &Plan,
+    workset: Arc<Workset>,
+    check_every: u64,
+) -> Result<Vec<Tally>, LoadError> {
+    if workset.messages.is_empty() {
+        return Err(LoadError("no request messages to send".into()));
+    }
+    let channels = Arc::new(connect_all(plan).await?);
+    let schedule = Arc::new(Schedule::new(&plan.load));
+    let steps = schedule.as_ref().as_ref().map_or(1, Schedule::len);
+    let template = Tally::new()?;
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let check_every = check_every.max(1);
+
+    let workers: Vec<_> = (0..plan.concurrency)
+        .map(|w| {
+            let (channels, schedule, next, workset) = (
+                channels.clone(),
+                schedule.clone(),
+                next.clone(),
+                workset.clone(),
+            );
+            let mut tallies = vec![template.clone(); steps];
+            let (total, duration, timeout) = (plan.total, plan.duration, plan.timeout);
+            tokio::spawn(async move {
+                let channel = &channels[w % channels.len()];
+                loop {
+                    let ticket = next.fetch_add(1, Ordering::Relaxed);
+                    if total.is_some_and(|t| ticket >= t) {
+                        break;
+                    }
+                    let (due, step) = match schedule.as_ref() {
+                        Some(schedule) => {
+                            let (offset, step) = schedule.at(ticket);
+                            if duration.is_some_and(|d| offset >= d) {
+                                break;
+                            }
+                            let due = start + offset;
+                            tokio::time::sleep_until(due).await;
+                            (due, step)
+                        }
+                        None => {
+                            let now = Instant::now();
+                            if duration.is_some_and(|d| now - start >= d) {
+                                break;
+                            }
+                            (now, 0)
+                        }
+                    };
+                    let index = (ticket % workset.messages.len() as u64) as usize;
+                    let outcome = send(channel, &workset.messages[index], timeout).await;
+                    let tally = &mut tallies[step];
+                    tally.finish(due.into_std(), Instant::now().into_std());
+                    match outcome {
+                        Ok(answers) => {
+                            let expected = (ticket % check_every == 0)
+                                .then(|| workset.expected[index].as_ref())
+                                .flatten();
+                            record(tally, answers, expected, index);
+                        }
+                        Err(code) => tally.error(code),
+                    }
+                }
+                tallies
+            })
+        })
+        .collect();
+
+    let mut merged = vec![template; steps];
+    for worker in workers {
+        let tallies = worker
+            .await
+            .map_err(|e| LoadError(format!("a load worker failed: {e}")))?;
+        for (into, from) in merged.iter_mut().zip(&tallies) {
+            into.merge(from);
+        }
+    }
+    Ok(merged)
+}

@@ -1,0 +1,152 @@
+//! `velro-loadgen`: runs ghz config files against the service from this
+//! machine, checks a sample of the answers against the seeded data set, and
+//! reports latency percentiles, throughput, errors and cache hit rate per
+//! load step (see `ghz_bench/README.md`).
+
+pub mod data;
+pub mod driver;
+pub mod expect;
+pub mod ghz;
+pub mod messages;
+pub mod report;
+pub mod standard;
+pub mod svg;
+pub mod tally;
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use ghz::{DataSource, Load, Plan};
+use messages::Workset;
+use report::ScenarioResult;
+
+/// A load-generator failure, said so a person can act on it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LoadError(pub String);
+
+/// What a run may change in the configs it reads.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// Replaces every config's `host`.
+    pub host: Option<String>,
+    /// Reads each `data-file` by its file name from this directory instead.
+    pub data_dir: Option<PathBuf>,
+    /// Compare answers with the expected decisions (on by default).
+    pub check: bool,
+    /// Check every n-th request.
+    pub check_every: u64,
+    /// Multiplies every duration (a shorter run for a quick look).
+    pub duration_factor: f64,
+}
+
+impl Default for RunOptions {
+    fn default() -> RunOptions {
+        RunOptions {
+            host: None,
+            data_dir: None,
+            check: true,
+            check_every: 4,
+            duration_factor: 1.0,
+        }
+    }
+}
+
+/// The plans of a scenario: one config file, or a directory of stage
+/// configs run in file-name order (a ramp).
+pub fn scenario_plans(path: &Path) -> Result<(String, Vec<Plan>), LoadError> {
+    let name = path.file_stem().map_or_else(
+        || path.display().to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    if !path.is_dir() {
+        return Ok((name, vec![Plan::read(path)?]));
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| LoadError(format!("{}: {e}", path.display())))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(LoadError(format!(
+            "{} holds no *.json stage configs",
+            path.display()
+        )));
+    }
+    let plans = files
+        .iter()
+        .map(|f| Plan::read(f))
+        .collect::<Result<_, _>>()?;
+    Ok((name, plans))
+}
+
+fn scaled(d: Duration, factor: f64) -> Duration {
+    Duration::from_secs_f64(d.as_secs_f64() * factor)
+}
+
+/// Applies the run options to a plan.
+fn adjust(mut plan: Plan, options: &RunOptions) -> Plan {
+    if let Some(host) = &options.host {
+        plan.host = host.clone();
+    }
+    if let (Some(dir), DataSource::File(file)) = (&options.data_dir, &plan.data)
+        && let Some(name) = file.file_name()
+    {
+        plan.data = DataSource::File(dir.join(name));
+    }
+    if options.duration_factor != 1.0 {
+        let f = options.duration_factor;
+        plan.duration = plan.duration.map(|d| scaled(d, f));
+        if let Load::Open(steps) = &mut plan.load {
+            for step in steps {
+                step.duration = step.duration.map(|d| scaled(d, f));
+            }
+        }
+    }
+    plan
+}
+
+/// Runs one scenario (a config file or a ramp directory).
+pub async fn run_scenario(path: &Path, options: &RunOptions) -> Result<ScenarioResult, LoadError> {
+    let (name, plans) = scenario_plans(path)?;
+    let staged = plans.len() > 1;
+    let mut worksets: HashMap<String, Arc<Workset>> = HashMap::new();
+    let mut steps = Vec::new();
+    let (mut call, mut open) = (None, false);
+    for plan in plans {
+        let plan = adjust(plan, options);
+        let key = format!("{:?}{:?}", plan.call, plan.data);
+        let workset = match worksets.get(&key) {
+            Some(w) => w.clone(),
+            None => {
+                let w = Arc::new(messages::load(plan.call, &plan.data, options.check)?);
+                worksets.insert(key, w.clone());
+                w
+            }
+        };
+        let tallies = driver::run(&plan, workset, options.check_every).await?;
+        let rates: Vec<String> = match &plan.load {
+            Load::Open(rates) => rates.iter().map(|r| format!("{:.0} rps", r.rps)).collect(),
+            Load::Closed => vec![format!("c={}", plan.concurrency)],
+        };
+        open |= matches!(plan.load, Load::Open(_));
+        call = Some(plan.call);
+        for (rate, tally) in rates.into_iter().zip(tallies) {
+            if tally.requests == 0 {
+                continue;
+            }
+            let label = match staged {
+                true => plan.name.clone(),
+                false => rate,
+            };
+            steps.push((label, tally));
+        }
+    }
+    let call = call.ok_or_else(|| LoadError(format!("{name}: nothing to run")))?;
+    report::scenario(&name, call, open, steps)
+}

@@ -1,0 +1,310 @@
+//! The standard report: seed the reference workload into a fresh database,
+//! start the release server on it, run every scenario of `ghz_bench/`
+//! (always with the health-check ceiling first), write the results, and
+//! stop every process it started.
+
+use std::{
+    collections::BTreeMap,
+    net::TcpListener,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, SystemTime},
+};
+
+use sqlx::Connection;
+use tokio::process::{Child, Command};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+use super::{
+    LoadError, RunOptions,
+    data::{self, Sizes, WorkloadId},
+    report::RunReport,
+    run_scenario,
+};
+
+/// Scenarios in the order they run; the first is the ceiling.
+pub const SCENARIOS: &[&str] = &[
+    "health_check.json",
+    "authorize_hot.json",
+    "authorize_uniform.json",
+    "batch_authorize_50.json",
+    "ramp",
+];
+
+pub struct StandardOptions {
+    pub scale: f64,
+    pub seed: u64,
+    /// A PostgreSQL server URL; a fresh database is created there and
+    /// dropped afterwards. SQLite in a temporary file when absent.
+    pub postgres_url: Option<String>,
+    pub configs: PathBuf,
+    pub out: PathBuf,
+    pub server_bin: PathBuf,
+    /// Scenario names to run (all when empty); the ceiling always runs.
+    pub only: Vec<String>,
+    pub duration_factor: f64,
+}
+
+fn free_port() -> Result<u16, LoadError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| LoadError(format!("no free loopback port: {e}")))
+}
+
+/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_timestamp(now: SystemTime) -> String {
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil-from-days (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// A database for one report run, removed when the run ends.
+enum BenchDb {
+    Sqlite(PathBuf),
+    Postgres { admin: String, name: String },
+}
+
+impl BenchDb {
+    async fn create(
+        options: &StandardOptions,
+        stamp: &str,
+    ) -> Result<(BenchDb, String), LoadError> {
+        let Some(admin) = &options.postgres_url else {
+            let file = options.out.join(format!("bench-{stamp}.db"));
+            let url = format!("sqlite://{}", file.display());
+            return Ok((BenchDb::Sqlite(file), url));
+        };
+        let name = format!("velro_bench_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = sqlx::PgConnection::connect(admin)
+            .await
+            .map_err(|e| LoadError(format!("PostgreSQL at {admin}: {e}")))?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| LoadError(format!("cannot create database {name}: {e}")))?;
+        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(b, _)| b);
+        let url = format!("{base}/{name}");
+        Ok((
+            BenchDb::Postgres {
+                admin: admin.clone(),
+                name,
+            },
+            url,
+        ))
+    }
+
+    async fn remove(self) {
+        match self {
+            BenchDb::Sqlite(file) => {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+                }
+            }
+            BenchDb::Postgres { admin, name } => {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                        .execute(&mut conn)
+                        .await;
+                }
+            }
+        }
+    }
+}
+
+async fn seed(bin: &Path, url: &str, id: WorkloadId) -> Result<(), LoadError> {
+    let status = Command::new(bin)
+        .args([
+            "seed",
+            "--scale",
+            &id.scale.to_string(),
+            "--seed",
+            &id.seed.to_string(),
+        ])
+        .args(["--database-url", url, "--log", "warn"])
+        .stdout(Stdio::null())
+        .status()
+        .await
+        .map_err(|e| LoadError(format!("cannot run {}: {e}", bin.display())))?;
+    match status.success() {
+        true => Ok(()),
+        false => Err(LoadError(format!("seeding failed ({status})"))),
+    }
+}
+
+async fn wait_serving(addr: &str, server: &mut Child) -> Result<(), LoadError> {
+    for _ in 0..600 {
+        if let Ok(Some(status)) = server.try_wait() {
+            return Err(LoadError(format!("the server exited early ({status})")));
+        }
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| LoadError(format!("{addr}: {e}")))?
+            .connect()
+            .await;
+        if let Ok(channel) = channel {
+            let request = HealthCheckRequest::default();
+            let answer = HealthClient::new(channel).check(request).await;
+            if answer.is_ok_and(|r| r.into_inner().status() == ServingStatus::Serving) {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(LoadError(
+        "the server did not report SERVING within 60 s".into(),
+    ))
+}
+
+/// The server's peak resident set, from /proc (Linux).
+fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", pid?)).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+async fn run_against(
+    options: &StandardOptions,
+    url: &str,
+    data_dir: &Path,
+    report: &mut RunReport,
+) -> Result<(), LoadError> {
+    let (grpc, ops) = (free_port()?, free_port()?);
+    let addr = format!("127.0.0.1:{grpc}");
+    let mut server = Command::new(&options.server_bin)
+        .args([
+            "serve",
+            "--listen",
+            &addr,
+            "--ops-listen",
+            &format!("127.0.0.1:{ops}"),
+        ])
+        .args([
+            "--database-url",
+            url,
+            "--demo-data",
+            "false",
+            "--log",
+            "warn",
+        ])
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            LoadError(format!(
+                "cannot start {}: {e}",
+                options.server_bin.display()
+            ))
+        })?;
+    let result = async {
+        wait_serving(&addr, &mut server).await?;
+        let run = RunOptions {
+            host: Some(addr.clone()),
+            data_dir: Some(data_dir.to_path_buf()),
+            duration_factor: options.duration_factor,
+            ..RunOptions::default()
+        };
+        for (i, name) in SCENARIOS.iter().enumerate() {
+            let stem = name.trim_end_matches(".json");
+            if i > 0 && !options.only.is_empty() && !options.only.iter().any(|o| o == stem) {
+                continue;
+            }
+            eprintln!("running {stem} …");
+            report
+                .scenarios
+                .push(run_scenario(&options.configs.join(name), &run).await?);
+        }
+        if let Some(rss) = peak_rss_mib(server.id()) {
+            report
+                .setup
+                .insert("server_peak_rss_mib".into(), format!("{rss:.0}"));
+        }
+        Ok(())
+    }
+    .await;
+    let _ = server.kill().await;
+    result
+}
+
+/// Runs the standard report; returns it (already printed and written).
+pub async fn run(options: StandardOptions) -> Result<RunReport, LoadError> {
+    let now = SystemTime::now();
+    let started_at = utc_timestamp(now);
+    let stamp = started_at.replace([':', '-'], "");
+    let id = WorkloadId {
+        seed: options.seed,
+        scale: options.scale,
+    };
+    let data_dir = options
+        .out
+        .join(format!("data-seed{}-scale{}", id.seed, id.scale));
+    // The hot file is cycled, as ghz does; the uniform one is longer than
+    // any run so that nearly every request asks for a new key.
+    let sizes = Sizes {
+        hot: 20_000,
+        uniform: 300_000,
+        ..Sizes::default()
+    };
+    eprintln!("drawing request data into {} …", data_dir.display());
+    data::write_files(&data_dir, id, sizes)?;
+
+    let (db, url) = BenchDb::create(&options, &stamp).await?;
+    let mut setup = BTreeMap::new();
+    setup.insert(
+        "database".into(),
+        if options.postgres_url.is_some() {
+            "postgresql"
+        } else {
+            "sqlite"
+        }
+        .into(),
+    );
+    setup.insert(
+        "workload".into(),
+        format!("seed {} scale {}", id.seed, id.scale),
+    );
+    setup.insert(
+        "cpus".into(),
+        std::thread::available_parallelism()
+            .map_or(0, |n| n.get())
+            .to_string(),
+    );
+    let mut report = RunReport {
+        started_at,
+        setup,
+        scenarios: Vec::new(),
+    };
+    eprintln!("seeding the reference workload (scale {}) …", id.scale);
+    let result = match seed(&options.server_bin, &url, id).await {
+        Ok(()) => run_against(&options, &url, &data_dir, &mut report).await,
+        Err(e) => Err(e),
+    };
+    db.remove().await;
+    result?;
+    report.relate_to_ceiling();
+    report.print();
+    let written = report.write(&options.out, &format!("report-{stamp}"))?;
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    Ok(report)
+}
