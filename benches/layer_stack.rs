@@ -1,5 +1,6 @@
-//! Decisions per second of the layer stack: on an in-process cache hit, and
-//! on a miss that computes the permission set from SQLite.
+//! The in-process hot paths: the layer stack on an in-process cache hit, a
+//! miss that computes the permission set from SQLite, and decoding plus
+//! validating a wire request.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -14,8 +15,9 @@ use velro_authz::{
     },
     metrics::Metrics,
     model::{Action, Consistency, Query, RequestFacts, ResourceKind, ResourceRef},
+    proto,
     store::{self, PoolConfig},
-    workload,
+    validate, workload,
 };
 
 fn layer_stack_bench(c: &mut Criterion) {
@@ -98,5 +100,39 @@ fn layer_stack_bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, layer_stack_bench);
+/// Protobuf decoding and validation of one Authorize request, as the
+/// handler does before the stack sees it.
+fn decode_and_validate_bench(c: &mut Criterion) {
+    use prost::Message;
+    let request = proto::AuthorizeRequest {
+        user_id: "0192f0c1-7a4e-7cc3-9d0a-5b1f3e8a2c44".into(),
+        action: "read".into(),
+        resource: Some(proto::Resource {
+            r#type: "generation".into(),
+            id: "0192f0c1-7a4e-7cc3-9d0a-5b1f3e8a2c45".into(),
+        }),
+        context: Some(proto::RequestContext {
+            ip: "203.0.113.9".into(),
+            user_agent: "velro-web/1.0".into(),
+            request_id: "req-1".into(),
+            ..Default::default()
+        }),
+        consistency: 0,
+    };
+    let bytes = request.encode_to_vec();
+    let mut group = c.benchmark_group("request");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("decode_and_validate_authorize", |b| {
+        b.iter(|| {
+            let r = proto::AuthorizeRequest::decode(bytes.as_slice()).unwrap();
+            let query = validate::query("", &r.user_id, &r.action, r.resource.as_ref()).unwrap();
+            let facts = validate::context(r.context.as_ref()).unwrap();
+            let consistency = validate::consistency(r.consistency).unwrap();
+            (query, facts, consistency)
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, layer_stack_bench, decode_and_validate_bench);
 criterion_main!(benches);

@@ -27,19 +27,26 @@ impl PermissionCache {
     }
 
     /// The cached set, or the result of `compute` (run once per key however
-    /// many callers miss at the same time). Errors are not cached.
-    pub async fn get_or_compute<F>(
+    /// many callers miss at the same time). Errors are not cached. A hit
+    /// never builds the computation or moka's insert future: both are large,
+    /// and moving them was the hot path's biggest cost.
+    pub async fn get_or_compute<C, F>(
         &self,
         key: PermissionKey,
-        compute: F,
+        compute: C,
     ) -> Result<(PermissionSet, PermissionSource), AuthzError>
     where
+        C: FnOnce() -> F,
         F: Future<Output = Result<PermissionSet, AuthzError>>,
     {
+        if let Some(set) = self.sets.get(&key).await {
+            self.metrics.record_cache_lookup("in_process", true);
+            return Ok((set, PermissionSource::InProcessCache));
+        }
         let entry = self
             .sets
             .entry(key)
-            .or_try_insert_with(compute)
+            .or_try_insert_with(compute())
             .await
             .map_err(|shared| (*shared).clone())?;
         let hit = !entry.is_fresh();

@@ -42,7 +42,9 @@ impl Layer for CacheLayer {
                         Ok((resolver.compute(key).await?, PermissionSource::Computed))
                     }
                     Consistency::MinimizeLatency => {
-                        self.cache.get_or_compute(key, resolver.compute(key)).await
+                        self.cache
+                            .get_or_compute(key, || resolver.compute(key))
+                            .await
                     }
                 }
             };
