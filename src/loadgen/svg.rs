@@ -84,7 +84,8 @@ fn throughput_panel(out: &mut String, s: &ScenarioResult, left: f64, top: f64) {
         .steps
         .iter()
         .map(|st| st.decisions_per_second.max(st.requests_per_second))
-        .fold(1.0, f64::max);
+        .fold(1.0, f64::max)
+        * 1.2; // headroom for the labels above the bars
     axes(out, left, top, "throughput (per second)");
     let n = s.steps.len().max(1);
     let width = PANEL_W / n as f64 * 0.35;
@@ -115,7 +116,7 @@ fn throughput_panel(out: &mut String, s: &ScenarioResult, left: f64, top: f64) {
     }
     let _ = write!(
         out,
-        r##"<text x="{:.1}" y="{:.1}" font-size="11" fill="#4575b4">requests/s</text><text x="{:.1}" y="{:.1}" font-size="11" fill="#5a9bc4">decisions/s</text><text x="{}" y="{}" font-size="10" text-anchor="end">max {max:.0}</text>"##,
+        r##"<text x="{:.1}" y="{:.1}" font-size="11" fill="#4575b4">requests/s</text><text x="{:.1}" y="{:.1}" font-size="11" fill="#5a9bc4">decisions/s</text><text x="{}" y="{}" font-size="10" text-anchor="end">top {max:.0}</text>"##,
         left + 8.0,
         top + 14.0,
         left + 88.0,
