@@ -117,7 +117,7 @@ fn decode_and_validate_bench(c: &mut Criterion) {
             request_id: "req-1".into(),
             ..Default::default()
         }),
-        consistency: 0,
+        ..Default::default()
     };
     let bytes = request.encode_to_vec();
     let mut group = c.benchmark_group("request");

@@ -169,6 +169,167 @@ pub struct Settings {
     #[arg(long, env = "VELRO_DRAIN_DELAY", default_value = "0s", global = true)]
     pub drain_delay: HumanDuration,
 
+    /// `iss` of the access tokens this service issues.
+    #[arg(
+        long,
+        env = "VELRO_TOKEN_ISSUER",
+        default_value = "velro-authz",
+        global = true
+    )]
+    pub token_issuer: String,
+
+    /// `aud` of the access tokens this service issues (and requires).
+    #[arg(
+        long,
+        env = "VELRO_TOKEN_AUDIENCE",
+        default_value = "velro",
+        global = true
+    )]
+    pub token_audience: String,
+
+    /// Lifetime of an access token.
+    #[arg(
+        long,
+        env = "VELRO_ACCESS_TOKEN_TTL",
+        default_value = "15m",
+        global = true
+    )]
+    pub access_token_ttl: HumanDuration,
+
+    /// Lifetime of a refresh token (each use replaces it).
+    #[arg(
+        long,
+        env = "VELRO_REFRESH_TOKEN_TTL",
+        default_value = "720h",
+        global = true
+    )]
+    pub refresh_token_ttl: HumanDuration,
+
+    /// Clock skew tolerated on `exp` and `nbf` of our tokens.
+    #[arg(long, env = "VELRO_TOKEN_LEEWAY", default_value = "30s", global = true)]
+    pub token_leeway: HumanDuration,
+
+    /// Ed25519 PEM key files (`velro-authz keys generate`); the last one signs,
+    /// all verify. None: a throw-away key per process (tokens die with it).
+    #[arg(
+        long = "signing-key",
+        env = "VELRO_SIGNING_KEYS",
+        value_delimiter = ',',
+        global = true
+    )]
+    #[serde(default)]
+    pub signing_keys: Vec<PathBuf>,
+
+    /// argon2id memory cost in KiB (OWASP: 19456).
+    #[arg(
+        long,
+        env = "VELRO_ARGON2_MEMORY_KIB",
+        default_value_t = 19_456,
+        global = true
+    )]
+    pub argon2_memory_kib: u32,
+
+    /// argon2id iterations (OWASP: 2).
+    #[arg(
+        long,
+        env = "VELRO_ARGON2_ITERATIONS",
+        default_value_t = 2,
+        global = true
+    )]
+    pub argon2_iterations: u32,
+
+    /// argon2id lanes (OWASP: 1).
+    #[arg(
+        long,
+        env = "VELRO_ARGON2_PARALLELISM",
+        default_value_t = 1,
+        global = true
+    )]
+    pub argon2_parallelism: u32,
+
+    /// Threads hashing passwords at once (0: one less than the CPUs, at least one).
+    #[arg(
+        long,
+        env = "VELRO_PASSWORD_WORKERS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub password_workers: usize,
+
+    /// Logins that may wait for a hashing thread; more get RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "VELRO_PASSWORD_QUEUE",
+        default_value_t = 64,
+        global = true
+    )]
+    pub password_queue: usize,
+
+    /// Failed logins per account before delays start.
+    #[arg(
+        long,
+        env = "VELRO_LOGIN_FREE_FAILURES",
+        default_value_t = 5,
+        global = true
+    )]
+    pub login_free_failures: u32,
+
+    /// Failed logins per client IP before delays start.
+    #[arg(
+        long,
+        env = "VELRO_LOGIN_IP_FREE_FAILURES",
+        default_value_t = 20,
+        global = true
+    )]
+    pub login_ip_free_failures: u32,
+
+    /// First delay after the free failures; doubles with each further failure.
+    #[arg(
+        long,
+        env = "VELRO_LOGIN_BASE_DELAY",
+        default_value = "1s",
+        global = true
+    )]
+    pub login_base_delay: HumanDuration,
+
+    /// Longest delay between attempts.
+    #[arg(
+        long,
+        env = "VELRO_LOGIN_MAX_DELAY",
+        default_value = "15m",
+        global = true
+    )]
+    pub login_max_delay: HumanDuration,
+
+    /// Verified tokens kept in memory.
+    #[arg(
+        long,
+        env = "VELRO_TOKEN_CACHE_CAPACITY",
+        default_value_t = 100_000,
+        global = true
+    )]
+    pub token_cache_capacity: u64,
+
+    /// How long a verified token is trusted without looking at its session
+    /// again: the bound for revocations made by another replica or the CLI.
+    #[arg(
+        long,
+        env = "VELRO_TOKEN_CACHE_TTL",
+        default_value = "10s",
+        global = true
+    )]
+    pub token_cache_ttl: HumanDuration,
+
+    /// Secret the admin RPCs require in `x-velro-admin-token`; unset disables them.
+    #[arg(long, env = "VELRO_ADMIN_TOKEN", global = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+
+    /// External token issuers (TOML only: `[[external_issuers]]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub external_issuers: Vec<crate::auth::jwt::ExternalIssuer>,
+
     /// Log filter (tracing `EnvFilter` syntax; RUST_LOG wins when set).
     #[arg(long, env = "VELRO_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -198,6 +359,24 @@ impl Settings {
         merged
             .try_into()
             .map_err(|e: toml::de::Error| format!("{}: {}", path.display(), e.message()))
+    }
+
+    pub fn hash_params(&self) -> crate::auth::password::HashParams {
+        crate::auth::password::HashParams {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: self.argon2_parallelism,
+        }
+    }
+
+    /// Hashing threads: as configured, or one less than the CPUs.
+    pub fn password_threads(&self) -> usize {
+        match self.password_workers {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1))
+                .max(1),
+            n => n,
+        }
     }
 
     pub fn pool(&self) -> crate::store::PoolConfig {

@@ -2,6 +2,7 @@
 //! database, and ready-to-paste grpcurl commands checked against the engine.
 
 use crate::{
+    auth::Authenticator,
     engine::Engine,
     error::AuthzError,
     model::{Action, Consistency, Query, RequestFacts, ResourceKind, ResourceRef, Visibility},
@@ -75,17 +76,40 @@ pub fn grpcurl(query: &Query, port: u16) -> String {
     )
 }
 
-/// Seeds the demo set into an empty store, then logs the example commands
-/// that really get the decision they promise.
-pub async fn ensure(store: &dyn Store, engine: &Engine, port: u16) -> Result<(), AuthzError> {
+/// The demo user's password (the README shows it; demo data only).
+pub const DEMO_PASSWORD: &str = "velro-demo-password";
+
+/// Seeds the demo set into an empty store, gives the owner of the first
+/// example project the demo password, then logs the example commands that
+/// really get the decision they promise.
+pub async fn ensure(
+    store: &dyn Store,
+    engine: &Engine,
+    auth: &Authenticator,
+    port: u16,
+) -> Result<(), AuthzError> {
     let data = workload::generate(DEMO_SCALE, DEMO_SEED);
     if store.is_empty().await? {
         store.insert_dataset(&data).await?;
+        if let Some(owner) = data.projects.first().map(|p| p.owner_id) {
+            let hash = auth.hashing().hash(DEMO_PASSWORD.to_owned()).await?;
+            store.set_password_hash(owner, &hash).await?;
+        }
         tracing::info!(
             users = data.users.len(),
             projects = data.projects.len(),
             generations = data.generations.len(),
             "seeded demo data into the empty embedded database"
+        );
+    }
+    let demo_user = data
+        .projects
+        .first()
+        .and_then(|p| data.users.iter().find(|u| u.id == p.owner_id));
+    if let Some(user) = demo_user {
+        tracing::info!(
+            "log in (demo user): grpcurl -plaintext -d '{{\"password\":{{\"email\":\"{}\",\"password\":\"{DEMO_PASSWORD}\"}}}}' localhost:{port} velro.authz.v1.AuthorizationService/Authenticate",
+            user.email
         );
     }
     for example in examples(&data) {

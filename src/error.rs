@@ -7,6 +7,12 @@ pub enum AuthzError {
     /// The request is malformed; the message says which field and why.
     #[error("{0}")]
     InvalidArgument(String),
+    /// Missing, malformed, expired or revoked credentials.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// Credentials are fine but the caller may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A limit was hit (queue full, too much at once).
     #[error("{0}")]
     ResourceExhausted(String),
@@ -26,9 +32,28 @@ impl AuthzError {
         AuthzError::InvalidArgument(message.into())
     }
 
+    pub fn unauthenticated(message: impl Into<String>) -> Self {
+        AuthzError::Unauthenticated(message.into())
+    }
+
+    /// A short name for metrics labels.
+    pub fn code_name(&self) -> &'static str {
+        match self {
+            AuthzError::InvalidArgument(_) => "invalid_argument",
+            AuthzError::Unauthenticated(_) => "unauthenticated",
+            AuthzError::PermissionDenied(_) => "permission_denied",
+            AuthzError::ResourceExhausted(_) => "resource_exhausted",
+            AuthzError::Unavailable(_) => "unavailable",
+            AuthzError::DeadlineExceeded(_) => "deadline_exceeded",
+            AuthzError::Internal(_) => "internal",
+        }
+    }
+
     pub fn code(&self) -> Code {
         match self {
             AuthzError::InvalidArgument(_) => Code::InvalidArgument,
+            AuthzError::Unauthenticated(_) => Code::Unauthenticated,
+            AuthzError::PermissionDenied(_) => Code::PermissionDenied,
             AuthzError::ResourceExhausted(_) => Code::ResourceExhausted,
             AuthzError::Unavailable(_) => Code::Unavailable,
             AuthzError::DeadlineExceeded(_) => Code::DeadlineExceeded,

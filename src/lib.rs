@@ -5,6 +5,9 @@
 //! cached read-through (`cache`) and computed from the store (`store`) with
 //! one round trip on a miss.
 
+pub mod admin;
+pub mod auth;
+pub mod auth_service;
 pub mod cache;
 pub mod config;
 pub mod demo;

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use velro_authz::{config::Settings, demo, error::AuthzError, server, store, workload};
+use velro_authz::{admin, config::Settings, demo, error::AuthzError, server, store, workload};
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +27,15 @@ enum Command {
     Migrate,
     /// Print the effective settings (defaults < file < environment < flags) as TOML.
     Config,
+    /// Add, disable or enable users.
+    #[command(subcommand)]
+    User(UserCommand),
+    /// Revoke sessions (running replicas notice within token_cache_ttl).
+    #[command(subcommand)]
+    Session(SessionCommand),
+    /// Token signing keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Generate the reference workload into an empty database and print ids to try.
     Seed {
         /// Multiplies every count of the reference workload (1 = 10,000 users).
@@ -36,6 +45,76 @@ enum Command {
         #[arg(long, default_value_t = 42)]
         seed: u64,
     },
+}
+
+#[derive(Subcommand)]
+enum UserCommand {
+    /// Add a user; the password is read from a prompt or stdin, never argv.
+    Add {
+        #[arg(long)]
+        email: String,
+    },
+    /// Disable a user: their logins fail and every session ends.
+    Disable {
+        #[arg(long)]
+        email: String,
+    },
+    /// Enable a disabled user again.
+    Enable {
+        #[arg(long)]
+        email: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// Revoke one session (--session) or every session of a user (--user).
+    Revoke {
+        #[arg(long)]
+        session: Option<uuid::Uuid>,
+        #[arg(long)]
+        user: Option<uuid::Uuid>,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write a new Ed25519 signing key (PEM) for `signing_keys`.
+    Generate {
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+}
+
+async fn run_admin(settings: &Settings, command: Command) -> Result<(), AuthzError> {
+    match command {
+        Command::User(UserCommand::Add { email }) => {
+            let password = admin::read_password()?;
+            let id = admin::add_user(settings, &email, password).await?;
+            println!("added user {id} ({email})");
+        }
+        Command::User(UserCommand::Disable { email }) => {
+            let id = admin::set_disabled(settings, &email, true).await?;
+            println!("disabled user {id} ({email}); their sessions have ended");
+        }
+        Command::User(UserCommand::Enable { email }) => {
+            let id = admin::set_disabled(settings, &email, false).await?;
+            println!("enabled user {id} ({email})");
+        }
+        Command::Session(SessionCommand::Revoke { session, user }) => {
+            let n = admin::revoke(settings, session, user).await?;
+            println!("revoked {n} session(s)");
+        }
+        Command::Keys(KeysCommand::Generate { out }) => {
+            admin::generate_key(&out)?;
+            println!(
+                "wrote a new Ed25519 signing key to {}; add it to signing_keys",
+                out.display()
+            );
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -71,6 +150,7 @@ fn main() -> ExitCode {
             Command::Migrate => migrate(&settings).await,
             Command::Config => print_config(&settings),
             Command::Seed { scale, seed } => seed_workload(&settings, scale, seed).await,
+            other => run_admin(&settings, other).await,
         }
     });
     match result {
@@ -95,7 +175,18 @@ async fn serve(settings: &Settings) -> Result<(), AuthzError> {
 }
 
 fn print_config(settings: &Settings) -> Result<(), AuthzError> {
-    let text = toml::to_string(settings)
+    // Secrets are shown as set, never printed.
+    let mut shown = settings.clone();
+    let hide = |secret: &mut Option<String>| {
+        if secret.is_some() {
+            *secret = Some("***".into());
+        }
+    };
+    hide(&mut shown.admin_token);
+    for issuer in &mut shown.external_issuers {
+        hide(&mut issuer.hs256_secret);
+    }
+    let text = toml::to_string(&shown)
         .map_err(|e| AuthzError::Internal(format!("cannot print settings: {e}")))?;
     print!("{text}");
     Ok(())
@@ -126,7 +217,12 @@ async fn seed_workload(settings: &Settings, scale: f64, seed: u64) -> Result<(),
             store::redact(&settings.database_url)
         )));
     }
-    let data = workload::generate(scale, seed);
+    let mut data = workload::generate(scale, seed);
+    // Every generated user gets the same argon2id hash of one known password
+    // (hashing 10,000 passwords would take minutes and measure nothing).
+    let hashing =
+        velro_authz::auth::password::PasswordHashing::new(settings.hash_params(), 1, 1).await?;
+    data.password_hash = Some(hashing.hash(workload::WORKLOAD_PASSWORD.to_owned()).await?);
     store.insert_dataset(&data).await?;
     store.close().await;
     println!(
@@ -145,6 +241,7 @@ async fn seed_workload(settings: &Settings, scale: f64, seed: u64) -> Result<(),
             demo::grpcurl(&example.query, settings.listen.port())
         );
     }
+    println!("\nevery user's password: {}", workload::WORKLOAD_PASSWORD);
     println!("\nsome ids:");
     for user in data.users.iter().take(3) {
         println!("  user {} ({})", user.id, user.email);

@@ -1,4 +1,4 @@
-//! The ops HTTP port: Prometheus metrics, liveness and readiness.
+//! The ops HTTP port: Prometheus metrics, liveness, readiness and the JWKS.
 
 use std::sync::{
     Arc,
@@ -28,14 +28,36 @@ impl Readiness {
 struct Ops {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
+    jwks: Arc<serde_json::Value>,
 }
 
-pub fn router(metrics: Arc<Metrics>, readiness: Arc<Readiness>) -> Router {
+/// `jwks` is the JSON Web Key Set of the token signing keys (fixed at start-up).
+pub fn router(
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    jwks: Arc<serde_json::Value>,
+) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
-        .with_state(Ops { metrics, readiness })
+        .route("/.well-known/jwks.json", get(jwks_json))
+        .with_state(Ops {
+            metrics,
+            readiness,
+            jwks,
+        })
+}
+
+async fn jwks_json(State(ops): State<Ops>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [
+            ("content-type", "application/json"),
+            ("cache-control", "public, max-age=300"),
+        ],
+        ops.jwks.to_string(),
+    )
 }
 
 async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {

@@ -12,6 +12,7 @@ use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
 use crate::{
+    auth,
     cache::PermissionCache,
     config::Settings,
     demo,
@@ -73,6 +74,9 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         metrics.clone(),
     ));
 
+    let auth = auth::setup::authenticator(settings, store.clone()).await?;
+    let jwks = Arc::new(auth.tokens().keys().jwks());
+
     let grpc_listener = TcpListener::bind(settings.listen)
         .await
         .map_err(bind_error("gRPC", settings.listen))?;
@@ -87,7 +91,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         .map_err(bind_error("ops HTTP", settings.ops_listen))?;
 
     if settings.demo_data && store.backend() == Backend::Sqlite {
-        demo::ensure(store.as_ref(), &engine, grpc_addr.port()).await?;
+        demo::ensure(store.as_ref(), &engine, &auth, grpc_addr.port()).await?;
     }
 
     let reflection = || {
@@ -101,8 +105,10 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
     let authz = AuthorizationServiceServer::new(AuthzService::new(
         engine,
+        auth,
         metrics.clone(),
         settings.max_batch_items,
+        settings.admin_token.clone(),
     ))
     .max_decoding_message_size(settings.max_message_bytes);
 
@@ -132,7 +138,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
         );
-    let ops = axum::serve(ops_listener, ops::router(metrics, readiness.clone()))
+    let ops = axum::serve(ops_listener, ops::router(metrics, readiness.clone(), jwks))
         .with_graceful_shutdown(stopped(stop_rx));
 
     let (drain_tx, drain_rx) = oneshot::channel::<()>();

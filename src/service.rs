@@ -5,6 +5,8 @@ use std::{sync::Arc, time::Instant};
 use tonic::{Request, Response, Status};
 
 use crate::{
+    auth::Authenticator,
+    auth_service,
     engine::{Decision, Engine, permissions::PermissionSource},
     error::AuthzError,
     metrics::Metrics,
@@ -14,16 +16,26 @@ use crate::{
 
 pub struct AuthzService {
     engine: Arc<Engine>,
+    auth: Arc<Authenticator>,
     metrics: Arc<Metrics>,
     max_batch_items: usize,
+    admin_token: Option<String>,
 }
 
 impl AuthzService {
-    pub fn new(engine: Arc<Engine>, metrics: Arc<Metrics>, max_batch_items: usize) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        auth: Arc<Authenticator>,
+        metrics: Arc<Metrics>,
+        max_batch_items: usize,
+        admin_token: Option<String>,
+    ) -> Self {
         AuthzService {
             engine,
+            auth,
             metrics,
             max_batch_items,
+            admin_token,
         }
     }
 
@@ -31,7 +43,9 @@ impl AuthzService {
         &self,
         req: &proto::AuthorizeRequest,
     ) -> Result<Decision, AuthzError> {
-        let query = validate::query("", &req.user_id, &req.action, req.resource.as_ref())?;
+        let user_id =
+            auth_service::subject(&self.auth, "", &req.user_id, &req.subject_token).await?;
+        let query = validate::query("", &user_id, &req.action, req.resource.as_ref())?;
         let consistency = validate::consistency(req.consistency)?;
         let request = validate::context(req.context.as_ref())?;
         self.engine.decide(query, consistency, &request).await
@@ -50,19 +64,16 @@ impl AuthzService {
         }
         let consistency = validate::consistency(req.consistency)?;
         let request = validate::context(req.context.as_ref())?;
-        let items = req
-            .items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| {
-                validate::query(
-                    &format!("items[{i}]."),
-                    &item.user_id,
-                    &item.action,
-                    item.resource.as_ref(),
-                )
-            })
-            .collect();
+        let mut items = Vec::with_capacity(req.items.len());
+        for (i, item) in req.items.iter().enumerate() {
+            let prefix = format!("items[{i}].");
+            let subject =
+                auth_service::subject(&self.auth, &prefix, &item.user_id, &item.subject_token)
+                    .await;
+            items.push(subject.and_then(|user_id| {
+                validate::query(&prefix, &user_id, &item.action, item.resource.as_ref())
+            }));
+        }
         let decisions = self.engine.decide_batch(items, consistency, &request).await;
         Ok(decisions
             .into_iter()
@@ -90,7 +101,7 @@ impl AuthorizationService for AuthzService {
         let outcome = match &result {
             Ok(d) if d.verdict.allow => "allow",
             Ok(_) => "deny",
-            Err(e) => code_name(e),
+            Err(e) => e.code_name(),
         };
         self.metrics
             .record_rpc("Authorize", outcome, started.elapsed());
@@ -105,7 +116,7 @@ impl AuthorizationService for AuthzService {
         let result = self.batch_request(request.get_ref()).await;
         let outcome = match &result {
             Ok(_) => "ok",
-            Err(e) => code_name(e),
+            Err(e) => e.code_name(),
         };
         self.metrics
             .record_rpc("BatchAuthorize", outcome, started.elapsed());
@@ -113,15 +124,42 @@ impl AuthorizationService for AuthzService {
             results: result?,
         }))
     }
-}
 
-fn code_name(error: &AuthzError) -> &'static str {
-    match error {
-        AuthzError::InvalidArgument(_) => "invalid_argument",
-        AuthzError::ResourceExhausted(_) => "resource_exhausted",
-        AuthzError::Unavailable(_) => "unavailable",
-        AuthzError::DeadlineExceeded(_) => "deadline_exceeded",
-        AuthzError::Internal(_) => "internal",
+    async fn authenticate(
+        &self,
+        request: Request<proto::AuthenticateRequest>,
+    ) -> Result<Response<proto::AuthenticateResponse>, Status> {
+        let started = Instant::now();
+        let result = auth_service::authenticate(&self.auth, request.get_ref()).await;
+        let outcome = result.as_ref().map_or_else(|e| e.code_name(), |_| "ok");
+        self.metrics
+            .record_rpc("Authenticate", outcome, started.elapsed());
+        Ok(Response::new(result?))
+    }
+
+    async fn revoke_sessions(
+        &self,
+        request: Request<proto::RevokeSessionsRequest>,
+    ) -> Result<Response<proto::RevokeSessionsResponse>, Status> {
+        let started = Instant::now();
+        let presented = request
+            .metadata()
+            .get("x-velro-admin-token")
+            .and_then(|v| v.to_str().ok());
+        let result = auth_service::revoke_sessions(
+            &self.auth,
+            self.admin_token.as_deref(),
+            presented,
+            request.get_ref(),
+        )
+        .await;
+        let outcome = result.as_ref().map_or_else(|e| e.code_name(), |_| "ok");
+        self.metrics
+            .record_rpc("RevokeSessions", outcome, started.elapsed());
+        if result.is_ok() {
+            tracing::info!(target: "audit", request = ?request.get_ref(), "sessions revoked by admin RPC");
+        }
+        Ok(Response::new(result?))
     }
 }
 

@@ -60,9 +60,14 @@ pub struct Media {
     pub kind: &'static str,
 }
 
+/// The password of every user `velro-authz seed` writes (benchmarks log in).
+pub const WORKLOAD_PASSWORD: &str = "velro-workload-password";
+
 /// A generated data set, rows in an order that satisfies every foreign key.
 #[derive(Clone, Debug, Default)]
 pub struct Dataset {
+    /// One argon2id hash given to every user, when set.
+    pub password_hash: Option<String>,
     pub users: Vec<User>,
     pub teams: Vec<Team>,
     pub members: Vec<Member>,
@@ -195,6 +200,7 @@ pub fn generate(scale: f64, seed: u64) -> Dataset {
     }
 
     Dataset {
+        password_hash: None,
         users,
         teams,
         members,

@@ -1,6 +1,7 @@
 //! Storage behind one trait: PostgreSQL in production, SQLite as the embedded
 //! default. Pools are built once at start-up.
 
+pub mod auth;
 mod sql;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
@@ -40,7 +41,7 @@ pub struct Facts {
 }
 
 #[tonic::async_trait]
-pub trait Store: Send + Sync {
+pub trait Store: auth::AuthStore + Send + Sync {
     fn backend(&self) -> Backend;
 
     /// Applies the migrations of this backend's dialect.

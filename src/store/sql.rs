@@ -141,15 +141,18 @@ macro_rules! sql_store {
                 let bind_id = $bind_id;
                 let mut tx = self.pool.begin().await?;
                 for chunk in data.users.chunks(INSERT_CHUNK) {
-                    QueryBuilder::<$db>::new("INSERT INTO users (id, email, disabled) ")
-                        .push_values(chunk, |mut row, u| {
-                            row.push_bind(bind_id(u.id))
-                                .push_bind(u.email.clone())
-                                .push_bind(u.disabled);
-                        })
-                        .build()
-                        .execute(&mut *tx)
-                        .await?;
+                    QueryBuilder::<$db>::new(
+                        "INSERT INTO users (id, email, disabled, password_hash) ",
+                    )
+                    .push_values(chunk, |mut row, u| {
+                        row.push_bind(bind_id(u.id))
+                            .push_bind(u.email.clone())
+                            .push_bind(u.disabled)
+                            .push_bind(data.password_hash.clone());
+                    })
+                    .build()
+                    .execute(&mut *tx)
+                    .await?;
                 }
                 for chunk in data.teams.chunks(INSERT_CHUNK) {
                     QueryBuilder::<$db>::new("INSERT INTO teams (id, name) ")
@@ -224,6 +227,9 @@ macro_rules! sql_store {
         }
     };
 }
+
+super::auth::auth_store!(PgStore, |id: Uuid| id);
+super::auth::auth_store!(SqliteStore, |id: Uuid| id.hyphenated().to_string());
 
 sql_store!(
     PgStore,

@@ -144,5 +144,6 @@ pub fn item(user: Uuid, action: &str, kind: &str, id: Uuid) -> proto::BatchItem 
         user_id: r.user_id,
         action: r.action,
         resource: r.resource,
+        ..Default::default()
     }
 }

@@ -158,6 +158,9 @@ pub fn settings(database_url: &str) -> Settings {
     s.demo_data = false;
     s.db_max_connections = 8;
     s.drain_delay = HumanDuration(Duration::ZERO);
+    // Cheap password hashing: tests check behaviour, not hash strength.
+    s.argon2_memory_kib = 1024;
+    s.argon2_iterations = 1;
     s
 }
 

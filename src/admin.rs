@@ -1,0 +1,107 @@
+//! Operator commands that work on the database directly (no server needed):
+//! add and disable users, revoke sessions, make signing keys.
+
+use std::{io::BufRead, path::Path, sync::Arc};
+
+use uuid::Uuid;
+
+use crate::{
+    auth::{keys, now_unix, password::PasswordHashing},
+    config::Settings,
+    error::AuthzError,
+    store::{self, Store},
+};
+
+async fn open(settings: &Settings) -> Result<Arc<dyn Store>, AuthzError> {
+    let store = store::connect(&settings.database_url, &settings.pool()).await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+/// The password from a prompt on a terminal, else the first line of stdin;
+/// never from the command line, where other users could read it.
+pub fn read_password() -> Result<String, AuthzError> {
+    let io = |e: std::io::Error| AuthzError::invalid(format!("cannot read the password: {e}"));
+    let password = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        rpassword::prompt_password("password: ").map_err(io)?
+    } else {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line).map_err(io)?;
+        line.trim_end_matches(['\r', '\n']).to_owned()
+    };
+    if password.len() < 8 {
+        return Err(AuthzError::invalid(
+            "the password must have at least 8 characters",
+        ));
+    }
+    Ok(password)
+}
+
+pub async fn add_user(
+    settings: &Settings,
+    email: &str,
+    password: String,
+) -> Result<Uuid, AuthzError> {
+    if !email.contains('@') || email.len() > 320 {
+        return Err(AuthzError::invalid(format!(
+            "{email:?} is not an email address"
+        )));
+    }
+    let store = open(settings).await?;
+    let hashing = PasswordHashing::new(settings.hash_params(), 1, 1).await?;
+    let hash = hashing.hash(password).await?;
+    let id = Uuid::now_v7();
+    store.add_user(id, email, &hash).await?;
+    store.close().await;
+    Ok(id)
+}
+
+/// Disables (or enables) a user; disabling ends every session (a database
+/// trigger does it, so plain SQL writers get the same).
+pub async fn set_disabled(
+    settings: &Settings,
+    email: &str,
+    disabled: bool,
+) -> Result<Uuid, AuthzError> {
+    let store = open(settings).await?;
+    let user = store.set_disabled(email, disabled).await?;
+    store.close().await;
+    user.ok_or_else(|| AuthzError::invalid(format!("no user has the email {email:?}")))
+}
+
+/// Revokes one session or all of a user's; running replicas stop accepting
+/// their tokens within `token_cache_ttl` (the admin RPC acts at once).
+pub async fn revoke(
+    settings: &Settings,
+    session: Option<Uuid>,
+    user: Option<Uuid>,
+) -> Result<usize, AuthzError> {
+    let store = open(settings).await?;
+    let now = now_unix() as i64;
+    let reason = "revoked from the command line";
+    let revoked = match (session, user) {
+        (Some(s), None) => usize::from(store.revoke_session(s, now, reason).await?),
+        (None, Some(u)) => store.revoke_user_sessions(u, now, reason).await?.len(),
+        _ => {
+            return Err(AuthzError::invalid(
+                "give exactly one of --session and --user",
+            ));
+        }
+    };
+    store.close().await;
+    Ok(revoked)
+}
+
+/// Writes a new Ed25519 key (PKCS#8 PEM, mode 0600); refuses to overwrite.
+pub fn generate_key(path: &Path) -> Result<(), AuthzError> {
+    let pem = keys::generate_pem()?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(|e| AuthzError::invalid(format!("cannot create {}: {e}", path.display())))?;
+    std::io::Write::write_all(&mut file, pem.as_bytes())
+        .map_err(|e| AuthzError::Internal(format!("cannot write {}: {e}", path.display())))
+}
