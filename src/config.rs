@@ -205,6 +205,17 @@ pub struct Settings {
     )]
     pub refresh_token_ttl: HumanDuration,
 
+    /// A second use of a refresh token this soon after the first is taken for
+    /// a client's concurrent refresh and refused without revoking the
+    /// session; any later reuse revokes it (theft detection).
+    #[arg(
+        long,
+        env = "VELRO_REFRESH_REUSE_GRACE",
+        default_value = "2s",
+        global = true
+    )]
+    pub refresh_reuse_grace: HumanDuration,
+
     /// Clock skew tolerated on `exp` and `nbf` of our tokens.
     #[arg(long, env = "VELRO_TOKEN_LEEWAY", default_value = "30s", global = true)]
     pub token_leeway: HumanDuration,

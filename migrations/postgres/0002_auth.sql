@@ -15,13 +15,14 @@ CREATE TABLE sessions (
 );
 CREATE INDEX sessions_by_user ON sessions (user_id) WHERE revoked_at IS NULL;
 
--- Only a SHA-256 of each refresh token is stored; `used_at` makes it single use.
+-- Only a SHA-256 of each refresh token is stored; `used_at_ms` (unix
+-- milliseconds, to tell a concurrent race from a later reuse) makes it single use.
 CREATE TABLE refresh_tokens (
     token_hash  TEXT PRIMARY KEY,
     session_id  UUID NOT NULL REFERENCES sessions (id) ON DELETE CASCADE,
     created_at  BIGINT NOT NULL,
     expires_at  BIGINT NOT NULL,
-    used_at     BIGINT
+    used_at_ms  BIGINT
 );
 CREATE INDEX refresh_tokens_by_session ON refresh_tokens (session_id);
 

@@ -21,7 +21,7 @@ use crate::{
     error::AuthzError,
     store::{
         Store,
-        auth::{NewSession, Rotation},
+        auth::{NewSession, Rotate, Rotation},
     },
 };
 use jwt::TokenService;
@@ -91,6 +91,7 @@ impl Expiry<[u8; 32], Arc<Principal>> for UntilTokenExpiry {
 
 pub struct AuthConfig {
     pub refresh_ttl: Duration,
+    pub refresh_reuse_grace: Duration,
     pub token_cache_capacity: u64,
     pub token_cache_ttl: Duration,
 }
@@ -103,6 +104,7 @@ pub struct Authenticator {
     ips: Throttle,
     verified: Cache<[u8; 32], Arc<Principal>>,
     refresh_ttl: u64,
+    reuse_grace: Duration,
 }
 
 impl Authenticator {
@@ -125,6 +127,7 @@ impl Authenticator {
                 .support_invalidation_closures()
                 .build(),
             refresh_ttl: config.refresh_ttl.as_secs(),
+            reuse_grace: config.refresh_reuse_grace,
         }
     }
 
@@ -226,14 +229,18 @@ impl Authenticator {
         }
         let now = now_unix();
         let next = new_refresh_token();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
         let rotation = self
             .store
-            .rotate_refresh(
-                &sha256_hex(token),
-                &sha256_hex(&next),
-                now as i64,
-                (now + self.refresh_ttl) as i64,
-            )
+            .rotate_refresh(Rotate {
+                old_hash: &sha256_hex(token),
+                new_hash: &sha256_hex(&next),
+                now_ms,
+                grace_ms: self.reuse_grace.as_millis() as i64,
+                new_expires_at: (now + self.refresh_ttl) as i64,
+            })
             .await?;
         match rotation {
             Rotation::Rotated {
@@ -246,6 +253,9 @@ impl Authenticator {
                     "this refresh token was already used; the session has been revoked, log in again",
                 ))
             }
+            Rotation::Raced => Err(AuthzError::unauthenticated(
+                "this refresh token was just used by another request; use the tokens that request got",
+            )),
             Rotation::Expired => Err(AuthzError::unauthenticated(
                 "the refresh token has expired; log in again",
             )),

@@ -53,6 +53,7 @@ pub async fn authenticator(
         throttles,
         AuthConfig {
             refresh_ttl: settings.refresh_token_ttl.0,
+            refresh_reuse_grace: settings.refresh_reuse_grace.0,
             token_cache_capacity: settings.token_cache_capacity,
             token_cache_ttl: settings.token_cache_ttl.0,
         },

@@ -35,6 +35,16 @@ pub struct NewSession<'a> {
     pub refresh_expires_at: i64,
 }
 
+/// One presentation of a refresh token.
+pub struct Rotate<'a> {
+    pub old_hash: &'a str,
+    pub new_hash: &'a str,
+    pub now_ms: i64,
+    /// A second use this soon after the first is a race, not a theft.
+    pub grace_ms: i64,
+    pub new_expires_at: i64,
+}
+
 /// What presenting a refresh token did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Rotation {
@@ -42,6 +52,9 @@ pub enum Rotation {
     Rotated { session_id: Uuid, user_id: Uuid },
     /// The token had been used before: the session is now revoked.
     Reused { session_id: Uuid },
+    /// Another request used the token within the grace period (a client's
+    /// concurrent refresh): refused, but the session stays.
+    Raced,
     /// The token is past its expiry.
     Expired,
     /// The session was revoked or its user disabled.
@@ -60,13 +73,7 @@ pub trait AuthStore: Send + Sync {
     async fn set_disabled(&self, email: &str, disabled: bool) -> Result<Option<Uuid>, AuthzError>;
     async fn create_session(&self, session: NewSession<'_>) -> Result<(), AuthzError>;
     /// Uses `old_hash` once; on success stores `new_hash` for the same session.
-    async fn rotate_refresh(
-        &self,
-        old_hash: &str,
-        new_hash: &str,
-        now: i64,
-        new_expires_at: i64,
-    ) -> Result<Rotation, AuthzError>;
+    async fn rotate_refresh(&self, rotate: Rotate<'_>) -> Result<Rotation, AuthzError>;
     async fn session_state(&self, session: Uuid) -> Result<Option<SessionState>, AuthzError>;
     /// Email and disabled flag of a user.
     async fn user_state(&self, user: Uuid) -> Result<Option<(String, bool)>, AuthzError>;
@@ -192,31 +199,30 @@ macro_rules! auth_store {
 
             async fn rotate_refresh(
                 &self,
-                old_hash: &str,
-                new_hash: &str,
-                now: i64,
-                new_expires_at: i64,
+                r: $crate::store::auth::Rotate<'_>,
             ) -> Result<$crate::store::auth::Rotation, AuthzError> {
                 use $crate::store::auth::{Rotation, parse_id};
+                let now = r.now_ms / 1000;
                 // One UPDATE marks the token used: of two concurrent callers
                 // exactly one gets the row back.
                 let won: Option<(String, i64)> = sqlx::query_as(
-                    "UPDATE refresh_tokens SET used_at = $2 WHERE token_hash = $1 AND used_at IS NULL \
+                    "UPDATE refresh_tokens SET used_at_ms = $2 WHERE token_hash = $1 AND used_at_ms IS NULL \
                      RETURNING CAST(session_id AS TEXT), expires_at",
                 )
-                .bind(old_hash)
-                .bind(now)
+                .bind(r.old_hash)
+                .bind(r.now_ms)
                 .fetch_optional(&self.pool)
                 .await?;
                 let Some((session, expires_at)) = won else {
-                    let seen: Option<(String,)> = sqlx::query_as(
-                        "SELECT CAST(session_id AS TEXT) FROM refresh_tokens WHERE token_hash = $1",
+                    let seen: Option<(String, Option<i64>)> = sqlx::query_as(
+                        "SELECT CAST(session_id AS TEXT), used_at_ms FROM refresh_tokens WHERE token_hash = $1",
                     )
-                    .bind(old_hash)
+                    .bind(r.old_hash)
                     .fetch_optional(&self.pool)
                     .await?;
                     return match seen {
-                        Some((session,)) => {
+                        Some((_, Some(used))) if r.now_ms - used <= r.grace_ms => Ok(Rotation::Raced),
+                        Some((session, _)) => {
                             let session_id = parse_id(&session)?;
                             self.revoke_session(session_id, now, "refresh token reuse").await?;
                             Ok(Rotation::Reused { session_id })
@@ -238,10 +244,10 @@ macro_rules! auth_store {
                     "INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
                      VALUES ($1, $2, $3, $4)",
                 )
-                .bind(new_hash)
+                .bind(r.new_hash)
                 .bind(($bind_id)(session_id))
                 .bind(now)
-                .bind(new_expires_at)
+                .bind(r.new_expires_at)
                 .execute(&self.pool)
                 .await?;
                 self.touch_session(session_id, now).await?;

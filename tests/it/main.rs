@@ -4,6 +4,7 @@
 
 mod common;
 
+mod auth;
 mod bad_input;
 mod batch;
 mod cli;
@@ -11,3 +12,4 @@ mod loadgen;
 mod reference_model;
 mod rules;
 mod service;
+mod tokens;

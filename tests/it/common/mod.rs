@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod fixture;
+pub mod login;
 pub mod proxy;
 
 use std::time::Duration;
