@@ -64,6 +64,20 @@ enum Command {
         #[arg(long, default_value = "ghz_bench/data")]
         out: PathBuf,
     },
+    /// Log in as the workload's users on a running server and write their
+    /// access tokens as the bearer-token data file (tokens expire: 15 min by default).
+    Tokens {
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        host: String,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long, default_value_t = 50)]
+        users: usize,
+        #[arg(long, default_value = "ghz_bench/data")]
+        out: PathBuf,
+    },
     /// The standard report: build first (ghz_bench/report.sh does), then seed,
     /// serve, run every scenario with the health-check ceiling, stop.
     Report {
@@ -149,6 +163,18 @@ async fn execute(command: Command) -> Result<(), LoadError> {
             for path in data::write_files(&out, WorkloadId { seed, scale }, sizes)? {
                 println!("wrote {}", path.display());
             }
+            Ok(())
+        }
+        Command::Tokens {
+            host,
+            seed,
+            scale,
+            users,
+            out,
+        } => {
+            let data = velro_authz::workload::generate(scale, seed);
+            let path = loadgen::tokens::write_token_file(&host, &data, users, &out).await?;
+            println!("wrote {}", path.display());
             Ok(())
         }
         Command::Report {

@@ -29,6 +29,8 @@ pub struct WorkloadId {
 }
 
 pub const WORKLOAD_FILE: &str = "workload.json";
+/// Users the login data files use.
+pub const LOGIN_USERS: usize = 200;
 
 /// How subjects and resources are drawn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -215,7 +217,17 @@ pub fn scenario_files(data: &Dataset, id: WorkloadId, sizes: Sizes) -> Vec<(&'st
         .chunks(sizes.batch_items.max(1))
         .map(|chunk| json!({"items": chunk.iter().map(|c| c.to_json()).collect::<Vec<_>>()}))
         .collect();
+    // Password logins of enabled users (`velro-authz seed` gives them all
+    // the workload password).
+    let logins: Vec<Value> = data
+        .users
+        .iter()
+        .filter(|u| !u.disabled)
+        .take(LOGIN_USERS)
+        .map(|u| json!({"password": {"email": u.email, "password": workload::WORKLOAD_PASSWORD}}))
+        .collect();
     vec![
+        ("authenticate_password.json", Value::Array(logins)),
         ("authorize_hot.json", authorize(Skew::Zipf, 1, sizes.hot)),
         (
             "authorize_uniform.json",

@@ -151,6 +151,15 @@ async fn send(
                     .into_inner();
                 Ok(vec![Ok((r.decision() == Decision::Allow, r.source()))])
             }
+            Message::Authenticate(m) => {
+                let mut request = Request::new(m.clone());
+                request.set_timeout(timeout);
+                AuthorizationServiceClient::new(channel.clone())
+                    .authenticate(request)
+                    .await
+                    .map_err(status)?;
+                Ok(Vec::new())
+            }
             Message::BatchAuthorize(m) => {
                 let mut request = Request::new(m.clone());
                 request.set_timeout(timeout);

@@ -142,6 +142,7 @@ pub enum Call {
     HealthCheck,
     Authorize,
     BatchAuthorize,
+    Authenticate,
 }
 
 impl Call {
@@ -151,9 +152,10 @@ impl Call {
             "grpc.health.v1.Health.Check" => Ok(Call::HealthCheck),
             "velro.authz.v1.AuthorizationService.Authorize" => Ok(Call::Authorize),
             "velro.authz.v1.AuthorizationService.BatchAuthorize" => Ok(Call::BatchAuthorize),
+            "velro.authz.v1.AuthorizationService.Authenticate" => Ok(Call::Authenticate),
             _ => Err(LoadError(format!(
                 "call {text:?} is not one velro-loadgen can make; use grpc.health.v1.Health.Check, \
-                 velro.authz.v1.AuthorizationService.Authorize or …BatchAuthorize"
+                 velro.authz.v1.AuthorizationService.Authorize, …BatchAuthorize or …Authenticate"
             ))),
         }
     }

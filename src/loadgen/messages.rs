@@ -11,7 +11,7 @@ use uuid::Uuid;
 use super::{LoadError, data, expect::Expected, ghz::Call, ghz::DataSource};
 use crate::{
     model::{Action, ResourceKind},
-    proto::{self, AuthorizeRequest, BatchAuthorizeRequest},
+    proto::{self, AuthenticateRequest, AuthorizeRequest, BatchAuthorizeRequest},
     workload,
 };
 
@@ -21,6 +21,7 @@ pub enum Message {
     HealthCheck(HealthCheckRequest),
     Authorize(AuthorizeRequest),
     BatchAuthorize(BatchAuthorizeRequest),
+    Authenticate(AuthenticateRequest),
 }
 
 /// Messages and, where the data set is known, the decisions they should get
@@ -47,6 +48,7 @@ fn full_name(call: Call) -> &'static str {
         Call::HealthCheck => "grpc.health.v1.HealthCheckRequest",
         Call::Authorize => "velro.authz.v1.AuthorizeRequest",
         Call::BatchAuthorize => "velro.authz.v1.BatchAuthorizeRequest",
+        Call::Authenticate => "velro.authz.v1.AuthenticateRequest",
     }
 }
 
@@ -63,6 +65,7 @@ fn decode(pool: &DescriptorPool, call: Call, value: &Value) -> Result<Message, L
         Call::HealthCheck => Message::HealthCheck(dynamic.transcode_to().map_err(transcode)?),
         Call::Authorize => Message::Authorize(dynamic.transcode_to().map_err(transcode)?),
         Call::BatchAuthorize => Message::BatchAuthorize(dynamic.transcode_to().map_err(transcode)?),
+        Call::Authenticate => Message::Authenticate(dynamic.transcode_to().map_err(transcode)?),
     })
 }
 
@@ -84,7 +87,7 @@ fn expect_one(
 /// The decisions a message should get, when each check in it is valid.
 fn expected_for(expected: &Expected, message: &Message) -> Option<Vec<bool>> {
     match message {
-        Message::HealthCheck(_) => None,
+        Message::HealthCheck(_) | Message::Authenticate(_) => None,
         Message::Authorize(r) => {
             expect_one(expected, &r.user_id, &r.action, r.resource.as_ref()).map(|d| vec![d])
         }
@@ -126,7 +129,8 @@ pub fn load(call: Call, source: &DataSource, check: bool) -> Result<Workset, Loa
         .map(|(i, v)| decode(&pool, call, v).map_err(|e| LoadError(format!("data[{i}]: {}", e.0))))
         .collect::<Result<Vec<_>, _>>()?;
 
-    let needs_check = check && call != Call::HealthCheck;
+    // Authenticate answers carry no decision: their check is "no error".
+    let needs_check = check && matches!(call, Call::Authorize | Call::BatchAuthorize);
     let expected = match (needs_check, dir) {
         (false, _) => vec![None; messages.len()],
         (true, None) => {

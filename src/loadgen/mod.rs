@@ -12,6 +12,7 @@ pub mod report;
 pub mod standard;
 pub mod svg;
 pub mod tally;
+pub mod tokens;
 
 use std::{
     collections::HashMap,

@@ -21,17 +21,24 @@ use super::{
     LoadError, RunOptions,
     data::{self, Sizes, WorkloadId},
     report::RunReport,
-    run_scenario,
+    run_scenario, tokens,
 };
 
-/// Scenarios in the order they run; the first is the ceiling.
+/// Scenarios in the order they run; the first is the ceiling. `login_storm`
+/// is Authorize hot while password logins run at the same time.
 pub const SCENARIOS: &[&str] = &[
     "health_check.json",
     "authorize_hot.json",
     "authorize_uniform.json",
     "batch_authorize_50.json",
+    "authenticate_token.json",
+    "authenticate_password.json",
+    LOGIN_STORM,
     "ramp",
 ];
+const LOGIN_STORM: &str = "login_storm";
+/// Users whose tokens the bearer-token scenario cycles through.
+const TOKEN_USERS: usize = 50;
 
 pub struct StandardOptions {
     pub scale: f64,
@@ -229,6 +236,25 @@ async fn run_against(
                 continue;
             }
             eprintln!("running {stem} …");
+            if *name == "authenticate_token.json" {
+                let data = crate::workload::generate(options.scale, options.seed);
+                tokens::write_token_file(&addr, &data, TOKEN_USERS, data_dir).await?;
+            }
+            if *name == LOGIN_STORM {
+                let (hot_config, login_config) = (
+                    options.configs.join("authorize_hot.json"),
+                    options.configs.join("login_storm.json"),
+                );
+                let (hot, storm) = tokio::join!(
+                    run_scenario(&hot_config, &run),
+                    run_scenario(&login_config, &run),
+                );
+                let (mut hot, mut storm) = (hot?, storm?);
+                hot.name = "authorize_hot during logins".into();
+                storm.name = "  the concurrent logins".into();
+                report.scenarios.extend([hot, storm]);
+                continue;
+            }
             report
                 .scenarios
                 .push(run_scenario(&options.configs.join(name), &run).await?);
