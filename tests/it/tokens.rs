@@ -203,3 +203,49 @@ async fn hostile_tokens_are_unauthenticated() {
     w.verify(&pair.access_token).await.unwrap();
     w.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_es256_issuer_from_a_jwks_file() {
+    use p256::{
+        elliptic_curve::sec1::ToEncodedPoint,
+        pkcs8::{EncodePrivateKey, LineEnding},
+    };
+    let key = |seed: u8| p256::SecretKey::from_slice(&[seed; 32]).unwrap();
+    let (trusted, stranger) = (key(7), key(9));
+    let point = trusted.public_key().to_encoded_point(false);
+    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "ec-1", "alg": "ES256", "use": "sig",
+        "x": URL_SAFE_NO_PAD.encode(point.x().unwrap()), "y": URL_SAFE_NO_PAD.encode(point.y().unwrap())}]});
+    let dir = tempfile::tempdir().unwrap();
+    let jwks_file = dir.path().join("jwks.json");
+    std::fs::write(&jwks_file, jwks.to_string()).unwrap();
+    let w = auth_server(Db::Sqlite, |s| {
+        s.external_issuers
+            .push(velro_authz::auth::jwt::ExternalIssuer {
+                issuer: "https://ec.example.test/".into(),
+                audience: "velro".into(),
+                algorithms: vec!["ES256".into()],
+                leeway: velro_authz::config::HumanDuration(std::time::Duration::from_secs(5)),
+                hs256_secret: None,
+                jwks_file: Some(jwks_file.clone()),
+            })
+    })
+    .await;
+    let sign = |secret: &p256::SecretKey| {
+        let pem = secret.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("ec-1".into());
+        let body = json!({"iss": "https://ec.example.test/", "aud": "velro",
+            "sub": w.world.editor.to_string(), "exp": now_unix() + 600});
+        encode(
+            &header,
+            &body,
+            &EncodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    let principal = w.verify(&sign(&trusted)).await.unwrap();
+    assert_eq!(principal.user_id, w.world.editor.to_string());
+    let e = w.verify(&sign(&stranger)).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    w.server.stop().await;
+}
