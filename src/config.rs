@@ -336,6 +336,11 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
 
+    /// Envoy ext_authz: route table and headers (TOML only: `[ext_authz]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub ext_authz: crate::ext_authz::ExtAuthzConfig,
+
     /// External token issuers (TOML only: `[[external_issuers]]`).
     #[arg(skip)]
     #[serde(default)]
@@ -359,10 +364,13 @@ impl Settings {
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut merged = toml::Table::try_from(&self).map_err(|e| e.to_string())?;
         for (key, value) in file {
-            let given = matches!(
-                matches.value_source(&key),
-                Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-            );
+            // TOML-only sections (ext_authz, external_issuers) are no clap args.
+            let is_arg = matches.try_contains_id(&key).is_ok();
+            let given = is_arg
+                && matches!(
+                    matches.value_source(&key),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                );
             if !given {
                 merged.insert(key, value);
             }

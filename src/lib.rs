@@ -13,6 +13,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod error;
+pub mod ext_authz;
 pub mod layers;
 pub mod loadgen;
 pub mod metrics;

@@ -11,6 +11,8 @@ use tokio::{
 use tonic::transport::{Server, server::TcpIncoming};
 use tonic_health::ServingStatus;
 
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+
 use crate::{
     auth,
     cache::PermissionCache,
@@ -21,6 +23,7 @@ use crate::{
         stack::{StackParts, layer_stack},
     },
     error::AuthzError,
+    ext_authz::ExtAuthzService,
     metrics::Metrics,
     ops::{self, Readiness},
     proto::{self, authorization_service_server::AuthorizationServiceServer},
@@ -95,14 +98,25 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
     }
 
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
+        let builder = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        match proto::ENVOY_FILE_DESCRIPTOR_SET.is_empty() {
+            true => builder,
+            false => builder.register_encoded_file_descriptor_set(proto::ENVOY_FILE_DESCRIPTOR_SET),
+        }
     };
     let reflection_error =
         |e: tonic_reflection::server::Error| AuthzError::Internal(format!("reflection: {e}"));
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+    let ext_authz = AuthorizationServer::new(ExtAuthzService::new(
+        engine.clone(),
+        auth.clone(),
+        metrics.clone(),
+        settings.ext_authz.clone(),
+    )?)
+    .max_decoding_message_size(settings.max_message_bytes);
     let authz = AuthorizationServiceServer::new(AuthzService::new(
         engine,
         auth,
@@ -134,6 +148,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(authz)
+        .add_service(ext_authz)
         .serve_with_incoming_shutdown(
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),

@@ -99,6 +99,30 @@ fn config_file_env_and_flags_in_rising_precedence() {
         "flag beats file: {text}"
     );
 
+    // TOML-only sections: ext_authz routes and external issuers; secrets masked.
+    std::fs::write(
+        &file,
+        concat!(
+            "admin_token = \"s3cret\"\n",
+            "[ext_authz]\nunmatched = \"allow\"\n",
+            "[[ext_authz.routes]]\nmethods = [\"GET\"]\npath = \"/v2/media/{id}\"\nresource = \"media\"\n",
+            "[[external_issuers]]\nissuer = \"https://a.example/\"\naudience = \"v\"\n",
+            "algorithms = [\"HS256\"]\nhs256_secret = \"shh\"\n",
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let (ok, text) = velro(&["config", "--config", &path], &[]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("/v2/media/{id}") && text.contains("unmatched = \"allow\""),
+        "{text}"
+    );
+    assert!(text.contains("https://a.example/"), "{text}");
+    assert!(
+        !text.contains("s3cret") && !text.contains("shh"),
+        "secrets are masked: {text}"
+    );
+
     std::fs::write(&file, "cache_tll = \"7s\"\n").unwrap_or_else(|e| panic!("{e}"));
     let (ok, text) = velro(&["config", "--config", &path], &[]);
     assert!(!ok, "a misspelt key must be an error: {text}");

@@ -8,6 +8,7 @@ mod auth;
 mod bad_input;
 mod batch;
 mod cli;
+mod ext_authz;
 mod loadgen;
 mod reference_model;
 mod rules;
