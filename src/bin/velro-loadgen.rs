@@ -65,7 +65,8 @@ enum Command {
         out: PathBuf,
     },
     /// Log in as the workload's users on a running server and write their
-    /// access tokens as the bearer-token data file (tokens expire: 15 min by default).
+    /// access tokens (and Envoy checks made with them) as data files; tokens
+    /// expire, 15 min by default.
     Tokens {
         #[arg(long, default_value = "127.0.0.1:50051")]
         host: String,
@@ -173,8 +174,9 @@ async fn execute(command: Command) -> Result<(), LoadError> {
             out,
         } => {
             let data = velro_authz::workload::generate(scale, seed);
-            let path = loadgen::tokens::write_token_file(&host, &data, users, &out).await?;
-            println!("wrote {}", path.display());
+            for path in loadgen::tokens::write_token_files(&host, &data, users, &out).await? {
+                println!("wrote {}", path.display());
+            }
             Ok(())
         }
         Command::Report {

@@ -12,6 +12,10 @@ use std::{
     time::Duration,
 };
 
+use envoy_types::pb::envoy::service::auth::v3::{
+    authorization_client::AuthorizationClient as ExtAuthzClient,
+    check_response::HttpResponse as EnvoyHttpResponse,
+};
 use futures::StreamExt;
 use tokio::time::Instant;
 use tonic::{
@@ -150,6 +154,17 @@ async fn send(
                     .map_err(status)?
                     .into_inner();
                 Ok(vec![Ok((r.decision() == Decision::Allow, r.source()))])
+            }
+            Message::ExtAuthzCheck(m) => {
+                let mut request = Request::new((**m).clone());
+                request.set_timeout(timeout);
+                let r = ExtAuthzClient::new(channel.clone())
+                    .check(request)
+                    .await
+                    .map_err(status)?
+                    .into_inner();
+                let allow = matches!(r.http_response, Some(EnvoyHttpResponse::OkResponse(_)));
+                Ok(vec![Ok((allow, PermissionSource::None))])
             }
             Message::Authenticate(m) => {
                 let mut request = Request::new(m.clone());

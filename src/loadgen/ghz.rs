@@ -143,6 +143,8 @@ pub enum Call {
     Authorize,
     BatchAuthorize,
     Authenticate,
+    /// Envoy ext_authz `envoy.service.auth.v3.Authorization/Check`.
+    ExtAuthzCheck,
 }
 
 impl Call {
@@ -153,6 +155,7 @@ impl Call {
             "velro.authz.v1.AuthorizationService.Authorize" => Ok(Call::Authorize),
             "velro.authz.v1.AuthorizationService.BatchAuthorize" => Ok(Call::BatchAuthorize),
             "velro.authz.v1.AuthorizationService.Authenticate" => Ok(Call::Authenticate),
+            "envoy.service.auth.v3.Authorization.Check" => Ok(Call::ExtAuthzCheck),
             _ => Err(LoadError(format!(
                 "call {text:?} is not one velro-loadgen can make; use grpc.health.v1.Health.Check, \
                  velro.authz.v1.AuthorizationService.Authorize, …BatchAuthorize or …Authenticate"

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use envoy_types::ext_authz::v3::pb::CheckRequest;
 use prost_reflect::{DescriptorPool, DynamicMessage};
 use serde_json::Value;
 use tonic_health::pb::HealthCheckRequest;
@@ -22,6 +23,7 @@ pub enum Message {
     Authorize(AuthorizeRequest),
     BatchAuthorize(BatchAuthorizeRequest),
     Authenticate(AuthenticateRequest),
+    ExtAuthzCheck(Box<CheckRequest>),
 }
 
 /// Messages and, where the data set is known, the decisions they should get
@@ -36,6 +38,7 @@ fn pool() -> Result<DescriptorPool, LoadError> {
     for set in [
         proto::FILE_DESCRIPTOR_SET,
         tonic_health::pb::FILE_DESCRIPTOR_SET,
+        proto::ENVOY_FILE_DESCRIPTOR_SET,
     ] {
         pool.decode_file_descriptor_set(set)
             .map_err(|e| LoadError(format!("descriptor set: {e}")))?;
@@ -49,6 +52,7 @@ fn full_name(call: Call) -> &'static str {
         Call::Authorize => "velro.authz.v1.AuthorizeRequest",
         Call::BatchAuthorize => "velro.authz.v1.BatchAuthorizeRequest",
         Call::Authenticate => "velro.authz.v1.AuthenticateRequest",
+        Call::ExtAuthzCheck => "envoy.service.auth.v3.CheckRequest",
     }
 }
 
@@ -66,6 +70,9 @@ fn decode(pool: &DescriptorPool, call: Call, value: &Value) -> Result<Message, L
         Call::Authorize => Message::Authorize(dynamic.transcode_to().map_err(transcode)?),
         Call::BatchAuthorize => Message::BatchAuthorize(dynamic.transcode_to().map_err(transcode)?),
         Call::Authenticate => Message::Authenticate(dynamic.transcode_to().map_err(transcode)?),
+        Call::ExtAuthzCheck => {
+            Message::ExtAuthzCheck(Box::new(dynamic.transcode_to().map_err(transcode)?))
+        }
     })
 }
 
@@ -87,7 +94,7 @@ fn expect_one(
 /// The decisions a message should get, when each check in it is valid.
 fn expected_for(expected: &Expected, message: &Message) -> Option<Vec<bool>> {
     match message {
-        Message::HealthCheck(_) | Message::Authenticate(_) => None,
+        Message::HealthCheck(_) | Message::Authenticate(_) | Message::ExtAuthzCheck(_) => None,
         Message::Authorize(r) => {
             expect_one(expected, &r.user_id, &r.action, r.resource.as_ref()).map(|d| vec![d])
         }
@@ -130,7 +137,11 @@ pub fn load(call: Call, source: &DataSource, check: bool) -> Result<Workset, Loa
         .collect::<Result<Vec<_>, _>>()?;
 
     // Authenticate answers carry no decision: their check is "no error".
-    let needs_check = check && matches!(call, Call::Authorize | Call::BatchAuthorize);
+    let needs_check = check
+        && matches!(
+            call,
+            Call::Authorize | Call::BatchAuthorize | Call::ExtAuthzCheck
+        );
     let expected = match (needs_check, dir) {
         (false, _) => vec![None; messages.len()],
         (true, None) => {
@@ -139,6 +150,27 @@ pub fn load(call: Call, source: &DataSource, check: bool) -> Result<Workset, Loa
                  (its directory holds workload.json); pass --no-check to load without checking"
                     .into(),
             ));
+        }
+        (true, Some(_)) if call == Call::ExtAuthzCheck => {
+            let DataSource::File(path) = source else {
+                return Err(LoadError("ext_authz data must come from a file".into()));
+            };
+            let sidecar = path.with_extension("expect.json");
+            let text = std::fs::read_to_string(&sidecar).map_err(|e| {
+                LoadError(format!(
+                    "{}: {e}; ext_authz answers are checked against this file (written with the data by the report), or pass --no-check",
+                    sidecar.display()
+                ))
+            })?;
+            let allow: Vec<bool> = serde_json::from_str(&text)
+                .map_err(|e| LoadError(format!("{}: {e}", sidecar.display())))?;
+            if allow.len() != messages.len() {
+                return Err(LoadError(format!(
+                    "{} does not match its data file",
+                    sidecar.display()
+                )));
+            }
+            allow.into_iter().map(|a| Some(vec![a])).collect()
         }
         (true, Some(dir)) => {
             let id = data::read_workload_id(&dir)?;

@@ -32,6 +32,7 @@ pub const SCENARIOS: &[&str] = &[
     "authorize_uniform.json",
     "batch_authorize_50.json",
     "authenticate_token.json",
+    "ext_authz_check.json",
     "authenticate_password.json",
     LOGIN_STORM,
     "ramp",
@@ -230,15 +231,18 @@ async fn run_against(
             duration_factor: options.duration_factor,
             ..RunOptions::default()
         };
+        let mut tokens_written = false;
         for (i, name) in SCENARIOS.iter().enumerate() {
             let stem = name.trim_end_matches(".json");
             if i > 0 && !options.only.is_empty() && !options.only.iter().any(|o| o == stem) {
                 continue;
             }
             eprintln!("running {stem} …");
-            if *name == "authenticate_token.json" {
+            let needs_tokens = matches!(*name, "authenticate_token.json" | "ext_authz_check.json");
+            if needs_tokens && !tokens_written {
+                tokens_written = true;
                 let data = crate::workload::generate(options.scale, options.seed);
-                tokens::write_token_file(&addr, &data, TOKEN_USERS, data_dir).await?;
+                tokens::write_token_files(&addr, &data, TOKEN_USERS, data_dir).await?;
             }
             if *name == LOGIN_STORM {
                 let (hot_config, login_config) = (
