@@ -13,6 +13,7 @@ use velro_authz::{
         Engine,
         stack::{StackParts, layer_stack},
     },
+    freshness::Freshness,
     metrics::Metrics,
     model::{Action, Consistency, Query, RequestFacts, ResourceKind, ResourceRef},
     proto,
@@ -37,9 +38,18 @@ fn layer_stack_bench(c: &mut Criterion) {
         store.migrate().await.unwrap();
         store.insert_dataset(&data).await.unwrap();
         let metrics = Arc::new(Metrics::new());
+        // Following the change log is the server's job; here the replica is
+        // simply in sync at the start and stays trusted for the whole run.
+        let freshness = Arc::new(Freshness::new(
+            0,
+            Duration::from_secs(3600),
+            metrics.clone(),
+        ));
+        freshness.sync(store.as_ref()).await.unwrap();
         let cache = Arc::new(PermissionCache::new(
             100_000,
             Duration::from_secs(600),
+            freshness,
             metrics.clone(),
         ));
         Arc::new(Engine::new(
@@ -127,7 +137,7 @@ fn decode_and_validate_bench(c: &mut Criterion) {
             let r = proto::AuthorizeRequest::decode(bytes.as_slice()).unwrap();
             let query = validate::query("", &r.user_id, &r.action, r.resource.as_ref()).unwrap();
             let facts = validate::context(r.context.as_ref()).unwrap();
-            let consistency = validate::consistency(r.consistency).unwrap();
+            let consistency = validate::consistency(r.consistency, r.at_least_revision).unwrap();
             (query, facts, consistency)
         })
     });

@@ -8,22 +8,53 @@ use moka::future::Cache;
 use crate::{
     engine::permissions::{PermissionSet, PermissionSource},
     error::AuthzError,
+    freshness::Freshness,
     metrics::Metrics,
     model::PermissionKey,
 };
 
+/// A set and the revision this replica had applied when it was computed.
+#[derive(Clone, Copy, Debug)]
+struct Stamped {
+    set: PermissionSet,
+    revision: i64,
+}
+
+/// How long an AT_LEAST_AS_FRESH request waits for the change log before
+/// it bypasses the caches instead.
+const AT_LEAST_AS_FRESH_WAIT: Duration = Duration::from_millis(50);
+
 pub struct PermissionCache {
-    sets: Cache<PermissionKey, PermissionSet>,
+    sets: Cache<PermissionKey, Stamped>,
+    freshness: Arc<Freshness>,
     metrics: Arc<Metrics>,
 }
 
 impl PermissionCache {
-    pub fn new(capacity: u64, ttl: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        capacity: u64,
+        ttl: Duration,
+        freshness: Arc<Freshness>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let sets = Cache::builder()
             .max_capacity(capacity)
             .time_to_live(ttl)
             .build();
-        PermissionCache { sets, metrics }
+        PermissionCache {
+            sets,
+            freshness,
+            metrics,
+        }
+    }
+
+    /// A cached set only counts while the replica follows the change log
+    /// and nothing it depends on changed since it was computed.
+    fn usable(&self, key: &PermissionKey, stamped: &Stamped) -> bool {
+        self.freshness.trusted()
+            && self
+                .freshness
+                .valid(key, stamped.set.deps(), stamped.revision)
     }
 
     /// The cached set, or the result of `compute` (run once per key however
@@ -39,14 +70,24 @@ impl PermissionCache {
         C: FnOnce() -> F,
         F: Future<Output = Result<PermissionSet, AuthzError>>,
     {
-        if let Some(set) = self.sets.get(&key).await {
-            self.metrics.record_cache_lookup("in_process", true);
-            return Ok((set, PermissionSource::InProcessCache));
+        if let Some(stamped) = self.sets.get(&key).await {
+            if self.usable(&key, &stamped) {
+                self.metrics.record_cache_lookup("in_process", true);
+                return Ok((stamped.set, PermissionSource::InProcessCache));
+            }
+            self.sets.invalidate(&key).await;
         }
+        if !self.freshness.trusted() {
+            // Out of touch with the change log: nothing cached is trusted,
+            // and nothing computed now is kept.
+            self.metrics.record_cache_lookup("in_process", false);
+            return Ok((compute().await?, PermissionSource::Computed));
+        }
+        let revision = self.freshness.applied();
         let entry = self
             .sets
             .entry(key)
-            .or_try_insert_with(compute())
+            .or_try_insert_with(async move { compute().await.map(|set| Stamped { set, revision }) })
             .await
             .map_err(|shared| (*shared).clone())?;
         let hit = !entry.is_fresh();
@@ -56,7 +97,16 @@ impl PermissionCache {
         } else {
             PermissionSource::Computed
         };
-        Ok((entry.into_value(), source))
+        Ok((entry.into_value().set, source))
+    }
+
+    /// Whether this replica has applied `revision`, waiting briefly for it.
+    pub async fn reached(&self, revision: i64) -> bool {
+        self.freshness.trusted()
+            && self
+                .freshness
+                .reached(revision, AT_LEAST_AS_FRESH_WAIT)
+                .await
     }
 
     /// Forgets every cached set.

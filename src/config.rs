@@ -130,9 +130,25 @@ pub struct Settings {
     )]
     pub cache_capacity: u64,
 
-    /// How long the in-process tier keeps a permission set (the staleness bound).
+    /// How long the in-process tier keeps a permission set (bounds memory;
+    /// freshness comes from the change log).
     #[arg(long, env = "VELRO_CACHE_TTL", default_value = "30s", global = true)]
     pub cache_ttl: HumanDuration,
+
+    /// How often the change log is read besides notifications (the
+    /// invalidation bound when notifications are lost, and on SQLite).
+    #[arg(
+        long,
+        env = "VELRO_CHANGE_POLL",
+        default_value = "250ms",
+        global = true
+    )]
+    pub change_poll: HumanDuration,
+
+    /// With no successful read of the change log for this long, cached
+    /// answers are not used (fail closed rather than stale).
+    #[arg(long, env = "VELRO_CACHE_MAX_LAG", default_value = "5s", global = true)]
+    pub cache_max_lag: HumanDuration,
 
     /// Most items in one BatchAuthorize call.
     #[arg(

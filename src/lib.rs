@@ -14,6 +14,7 @@ pub mod demo;
 pub mod engine;
 pub mod error;
 pub mod ext_authz;
+pub mod freshness;
 pub mod layers;
 pub mod loadgen;
 pub mod metrics;

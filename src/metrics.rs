@@ -48,6 +48,8 @@ pub struct Metrics {
     pub cache_lookups: Family<CacheLabels, Counter>,
     /// One per database round trip that computes a permission set.
     pub permission_computations: Counter,
+    /// Change-log entries applied to the cache's freshness map.
+    pub invalidations: Counter,
 }
 
 impl Default for Metrics {
@@ -91,7 +93,14 @@ impl Metrics {
             "Permission sets computed from the database (one round trip each)",
             permission_computations.clone(),
         );
+        let invalidations = Counter::default();
+        registry.register(
+            "invalidations",
+            "Change-log entries (writes to relationship tables) applied by this replica",
+            invalidations.clone(),
+        );
         Metrics {
+            invalidations,
             registry,
             rpc_requests,
             rpc_latency,

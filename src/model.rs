@@ -150,6 +150,8 @@ pub enum Consistency {
     MinimizeLatency,
     /// Every cache tier is bypassed.
     FullyConsistent,
+    /// Caches only once this replica applied the change-log revision.
+    AtLeastAsFresh(i64),
 }
 
 /// A project's visibility.

@@ -24,6 +24,7 @@ use crate::{
     },
     error::AuthzError,
     ext_authz::ExtAuthzService,
+    freshness::{self, Freshness},
     metrics::Metrics,
     ops::{self, Readiness},
     proto::{self, authorization_service_server::AuthorizationServiceServer},
@@ -66,9 +67,23 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         store.migrate().await?;
     }
     let metrics = Arc::new(Metrics::new());
+    let freshness = Arc::new(Freshness::new(
+        store.current_revision().await?,
+        settings.cache_max_lag.0,
+        metrics.clone(),
+    ));
+    freshness.sync(store.as_ref()).await?;
+    let listen_url = (store.backend() == Backend::Postgres).then(|| settings.database_url.clone());
+    let follower = tokio::spawn(freshness::follow(
+        freshness.clone(),
+        store.clone(),
+        settings.change_poll.0,
+        listen_url,
+    ));
     let cache = Arc::new(PermissionCache::new(
         settings.cache_capacity,
         settings.cache_ttl.0,
+        freshness.clone(),
         metrics.clone(),
     ));
     let engine = Arc::new(Engine::new(
@@ -172,6 +187,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
     };
     let task = tokio::spawn(async move {
         let (grpc, ops, ()) = tokio::join!(grpc, ops, drainer);
+        follower.abort();
         store.close().await;
         grpc.map_err(|e| AuthzError::Internal(format!("gRPC server failed: {e}")))?;
         ops.map_err(|e| AuthzError::Internal(format!("ops server failed: {e}")))?;

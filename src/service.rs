@@ -46,7 +46,7 @@ impl AuthzService {
         let user_id =
             auth_service::subject(&self.auth, "", &req.user_id, &req.subject_token).await?;
         let query = validate::query("", &user_id, &req.action, req.resource.as_ref())?;
-        let consistency = validate::consistency(req.consistency)?;
+        let consistency = validate::consistency(req.consistency, req.at_least_revision)?;
         let request = validate::context(req.context.as_ref())?;
         self.engine.decide(query, consistency, &request).await
     }
@@ -62,7 +62,7 @@ impl AuthzService {
                 self.max_batch_items
             )));
         }
-        let consistency = validate::consistency(req.consistency)?;
+        let consistency = validate::consistency(req.consistency, req.at_least_revision)?;
         let request = validate::context(req.context.as_ref())?;
         let mut items = Vec::with_capacity(req.items.len());
         for (i, item) in req.items.iter().enumerate() {
@@ -135,6 +135,20 @@ impl AuthorizationService for AuthzService {
         self.metrics
             .record_rpc("Authenticate", outcome, started.elapsed());
         Ok(Response::new(result?))
+    }
+
+    async fn get_revision(
+        &self,
+        _request: Request<proto::GetRevisionRequest>,
+    ) -> Result<Response<proto::GetRevisionResponse>, Status> {
+        let started = Instant::now();
+        let result = self.engine.store().current_revision().await;
+        let outcome = result.as_ref().map_or_else(|e| e.code_name(), |_| "ok");
+        self.metrics
+            .record_rpc("GetRevision", outcome, started.elapsed());
+        Ok(Response::new(proto::GetRevisionResponse {
+            revision: result?,
+        }))
     }
 
     async fn revoke_sessions(

@@ -72,12 +72,18 @@ pub fn resource(field: &str, value: Option<&proto::Resource>) -> Result<Resource
     })
 }
 
-pub fn consistency(value: i32) -> Result<Consistency, AuthzError> {
+pub fn consistency(value: i32, at_least_revision: i64) -> Result<Consistency, AuthzError> {
     match proto::Consistency::try_from(value) {
         Ok(proto::Consistency::MinimizeLatency) => Ok(Consistency::MinimizeLatency),
         Ok(proto::Consistency::FullyConsistent) => Ok(Consistency::FullyConsistent),
+        Ok(proto::Consistency::AtLeastAsFresh) if at_least_revision > 0 => {
+            Ok(Consistency::AtLeastAsFresh(at_least_revision))
+        }
+        Ok(proto::Consistency::AtLeastAsFresh) => Err(AuthzError::invalid(
+            "CONSISTENCY_AT_LEAST_AS_FRESH needs at_least_revision: a revision from GetRevision",
+        )),
         Err(_) => Err(AuthzError::invalid(format!(
-            "consistency {value} is unknown: use CONSISTENCY_MINIMIZE_LATENCY or CONSISTENCY_FULLY_CONSISTENT"
+            "consistency {value} is unknown: use CONSISTENCY_MINIMIZE_LATENCY, CONSISTENCY_FULLY_CONSISTENT or CONSISTENCY_AT_LEAST_AS_FRESH"
         ))),
     }
 }

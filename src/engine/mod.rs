@@ -43,6 +43,11 @@ pub struct Engine {
 impl Engine {
     /// Builds the engine over an ordered stack; the relationship layers of
     /// that stack also make up the resolver used on cache misses.
+    /// The store the engine computes from.
+    pub fn store(&self) -> &dyn Store {
+        self.resolver.store()
+    }
+
     pub fn new(layers: Vec<Arc<dyn Layer>>, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
         let resolver = Resolver::new(store, layers.clone(), metrics.clone());
         Engine {

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::{
     engine::layer::{Layer, LayerId},
     error::AuthzError,
+    freshness::Deps,
     metrics::Metrics,
     model::{Action, PermissionKey, Permissions},
     store::{Facts, Store},
@@ -44,6 +45,8 @@ pub struct PermissionSet {
     /// For each action (by `Action::index`), the first layer that granted it.
     granted: [Option<LayerId>; 4],
     absence: Option<Absence>,
+    /// The project and team the answer was drawn from (for invalidation).
+    deps: Deps,
 }
 
 impl PermissionSet {
@@ -51,7 +54,12 @@ impl PermissionSet {
         PermissionSet {
             granted: [None; 4],
             absence: Some(why),
+            deps: Deps::default(),
         }
+    }
+
+    pub fn deps(&self) -> Deps {
+        self.deps
     }
 
     pub fn permissions(&self) -> Permissions {
@@ -98,6 +106,10 @@ impl Resolver {
         }
     }
 
+    pub fn store(&self) -> &dyn Store {
+        self.store.as_ref()
+    }
+
     /// One database round trip, then pure evaluation.
     pub async fn compute(&self, key: PermissionKey) -> Result<PermissionSet, AuthzError> {
         self.metrics.permission_computations.inc();
@@ -113,8 +125,15 @@ impl Resolver {
         let Some(facts) = facts else {
             return PermissionSet::absent(Absence::ResourceNotFound);
         };
+        let deps = Deps {
+            project: Some(facts.project_id),
+            team: facts.team_id,
+        };
         if facts.subject_disabled {
-            return PermissionSet::absent(Absence::SubjectDisabled);
+            return PermissionSet {
+                deps,
+                ..PermissionSet::absent(Absence::SubjectDisabled)
+            };
         }
         let mut granted = [None; 4];
         for layer in &self.layers {
@@ -125,6 +144,7 @@ impl Resolver {
         PermissionSet {
             granted,
             absence: None,
+            deps,
         }
     }
 }

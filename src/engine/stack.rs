@@ -58,9 +58,15 @@ mod tests {
     #[test]
     fn built_layers_follow_the_design_order() {
         let metrics = Arc::new(Metrics::new());
+        let freshness = Arc::new(crate::freshness::Freshness::new(
+            0,
+            std::time::Duration::from_secs(1),
+            metrics.clone(),
+        ));
         let cache = Arc::new(PermissionCache::new(
             16,
             std::time::Duration::from_secs(1),
+            freshness,
             metrics,
         ));
         let built: Vec<(u8, &str)> = layer_stack(StackParts { cache })

@@ -46,6 +46,15 @@ impl Layer for CacheLayer {
                             .get_or_compute(key, || resolver.compute(key))
                             .await
                     }
+                    Consistency::AtLeastAsFresh(revision) => {
+                        if self.cache.reached(revision).await {
+                            self.cache
+                                .get_or_compute(key, || resolver.compute(key))
+                                .await
+                        } else {
+                            Ok((resolver.compute(key).await?, PermissionSource::Computed))
+                        }
+                    }
                 }
             };
             let (set, source) = match ctx.batch {

@@ -29,6 +29,9 @@ pub enum Backend {
 /// resource, fetched in one round trip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Facts {
+    /// The resource's project and its team: what a cached answer depends on.
+    pub project_id: Uuid,
+    pub team_id: Option<Uuid>,
     /// The subject owns the resource's project.
     pub is_project_owner: bool,
     /// The subject created the generation (or the media object's generation).
@@ -39,6 +42,9 @@ pub struct Facts {
     pub subject_known: bool,
     pub subject_disabled: bool,
 }
+
+/// One row of `authz_changes`: revision, scope, subject, team, target.
+pub type ChangeRow = (i64, String, Option<String>, Option<String>, Option<String>);
 
 #[tonic::async_trait]
 pub trait Store: auth::AuthStore + Send + Sync {
@@ -54,6 +60,12 @@ pub trait Store: auth::AuthStore + Send + Sync {
         subject: Uuid,
         resource: ResourceRef,
     ) -> Result<Option<Facts>, AuthzError>;
+
+    /// Entries of the change log after `after`, oldest first.
+    async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<ChangeRow>, AuthzError>;
+
+    /// The newest revision of the change log (0 when empty).
+    async fn current_revision(&self) -> Result<i64, AuthzError>;
 
     /// True when no user exists yet.
     async fn is_empty(&self) -> Result<bool, AuthzError>;

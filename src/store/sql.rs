@@ -19,7 +19,8 @@ macro_rules! facts_query {
             "SELECT p.owner_id = $1 AS is_project_owner, ",
             "COALESCE(g.created_by = $1, p.owner_id = $1) AS is_creator, ",
             "p.visibility AS visibility, m.role AS team_role, ",
-            "u.id IS NOT NULL AS subject_known, COALESCE(u.disabled, FALSE) AS subject_disabled ",
+            "u.id IS NOT NULL AS subject_known, COALESCE(u.disabled, FALSE) AS subject_disabled, ",
+            "CAST(p.id AS TEXT) AS project_id, CAST(p.team_id AS TEXT) AS team_id ",
             $from,
             " LEFT JOIN team_members m ON m.team_id = p.team_id AND m.user_id = $1",
             " LEFT JOIN users u ON u.id = $1 WHERE ",
@@ -56,6 +57,8 @@ struct FactsRow {
     team_role: Option<String>,
     subject_known: bool,
     subject_disabled: bool,
+    project_id: String,
+    team_id: Option<String>,
 }
 
 impl FactsRow {
@@ -72,7 +75,13 @@ impl FactsRow {
             })?),
             None => None,
         };
+        let id = |text: &str| {
+            Uuid::parse_str(text)
+                .map_err(|e| AuthzError::Internal(format!("stored id {text:?}: {e}")))
+        };
         Ok(Facts {
+            project_id: id(&self.project_id)?,
+            team_id: self.team_id.as_deref().map(id).transpose()?,
             is_project_owner: self.is_project_owner,
             is_creator: self.is_creator,
             visibility,
@@ -127,6 +136,29 @@ macro_rules! sql_store {
                     .fetch_optional(&self.pool)
                     .await?;
                 row.map(FactsRow::into_facts).transpose()
+            }
+
+            async fn changes_since(
+                &self,
+                after: i64,
+                limit: i64,
+            ) -> Result<Vec<super::ChangeRow>, AuthzError> {
+                Ok(sqlx::query_as(
+                    "SELECT revision, scope, subject_id, team_id, target_id FROM authz_changes \
+                     WHERE revision > $1 ORDER BY revision LIMIT $2",
+                )
+                .bind(after)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?)
+            }
+
+            async fn current_revision(&self) -> Result<i64, AuthzError> {
+                let (revision,): (i64,) =
+                    sqlx::query_as("SELECT COALESCE(MAX(revision), 0) FROM authz_changes")
+                        .fetch_one(&self.pool)
+                        .await?;
+                Ok(revision)
             }
 
             async fn is_empty(&self) -> Result<bool, AuthzError> {

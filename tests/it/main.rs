@@ -9,6 +9,7 @@ mod bad_input;
 mod batch;
 mod cli;
 mod ext_authz;
+mod invalidation;
 mod loadgen;
 mod reference_model;
 mod rules;

@@ -1,0 +1,264 @@
+//! What this replica knows about changes: the change log (`authz_changes`,
+//! fed by triggers on every relationship table, whoever writes) is read
+//! after each notification and on a timer, and each change marks the scope
+//! it touches with its revision. A cached permission set remembers the
+//! revision this replica had applied when it was computed, and is trusted
+//! only while no scope it depends on changed after that, and only while the
+//! replica has heard from the log recently (`max_lag`): a replica that
+//! cannot read the log stops answering from cache rather than serve stale
+//! allows.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use crate::{error::AuthzError, metrics::Metrics, model::PermissionKey, store::Store};
+
+/// Changes read per query.
+const BATCH: i64 = 10_000;
+/// Scopes remembered before the replica forgets them all (and trusts only
+/// sets computed afterwards).
+const MAX_SCOPES: usize = 1_000_000;
+
+/// What a change can affect.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything in a project.
+    Project(Uuid),
+    /// Answers about one resource id (created or removed).
+    Resource(Uuid),
+    /// A user's standing in a team.
+    Member { team: Uuid, user: Uuid },
+    /// Everything of a user.
+    User(Uuid),
+    /// A change this build cannot read: trust nothing older.
+    Everything,
+}
+
+impl Scope {
+    fn parse(
+        scope: &str,
+        subject: Option<&str>,
+        team: Option<&str>,
+        target: Option<&str>,
+    ) -> Scope {
+        let id = |text: Option<&str>| text.and_then(|t| Uuid::parse_str(t).ok());
+        match (scope, id(subject), id(team), id(target)) {
+            ("project", _, _, Some(p)) => Scope::Project(p),
+            ("resource", _, _, Some(r)) => Scope::Resource(r),
+            ("member", Some(user), Some(team), _) => Scope::Member { team, user },
+            ("user", Some(u), _, _) => Scope::User(u),
+            _ => Scope::Everything,
+        }
+    }
+}
+
+/// What a cached answer depends on besides its key.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Deps {
+    pub project: Option<Uuid>,
+    pub team: Option<Uuid>,
+}
+
+#[derive(Default)]
+struct Scopes {
+    /// Sets computed before this revision are not trusted.
+    floor: i64,
+    projects: HashMap<Uuid, i64>,
+    resources: HashMap<Uuid, i64>,
+    members: HashMap<(Uuid, Uuid), i64>,
+    users: HashMap<Uuid, i64>,
+}
+
+impl Scopes {
+    fn len(&self) -> usize {
+        self.projects.len() + self.resources.len() + self.members.len() + self.users.len()
+    }
+
+    fn apply(&mut self, revision: i64, scope: Scope) {
+        match scope {
+            Scope::Project(p) => drop(self.projects.insert(p, revision)),
+            Scope::Resource(r) => drop(self.resources.insert(r, revision)),
+            Scope::Member { team, user } => drop(self.members.insert((team, user), revision)),
+            Scope::User(u) => drop(self.users.insert(u, revision)),
+            Scope::Everything => self.forget(revision),
+        }
+        if self.len() > MAX_SCOPES {
+            self.forget(revision);
+        }
+    }
+
+    fn forget(&mut self, revision: i64) {
+        *self = Scopes {
+            floor: revision,
+            ..Scopes::default()
+        };
+    }
+
+    /// The newest change among the scopes an answer depends on.
+    fn newest(&self, key: &PermissionKey, deps: Deps) -> i64 {
+        let mut newest = self.floor;
+        let mut see = |rev: Option<&i64>| newest = newest.max(rev.copied().unwrap_or(0));
+        see(self.users.get(&key.subject));
+        see(self.resources.get(&key.resource.id));
+        if let Some(p) = deps.project {
+            see(self.projects.get(&p));
+        }
+        if let Some(t) = deps.team {
+            see(self.members.get(&(t, key.subject)));
+        }
+        newest
+    }
+}
+
+pub struct Freshness {
+    scopes: RwLock<Scopes>,
+    applied: AtomicI64,
+    started: Instant,
+    /// Milliseconds since `started` of the last successful read of the log.
+    last_sync_ms: AtomicU64,
+    max_lag: Duration,
+    advanced: Notify,
+    metrics: Arc<Metrics>,
+}
+
+impl Freshness {
+    /// Starts at the log's current revision: earlier sets were never cached here.
+    pub fn new(start: i64, max_lag: Duration, metrics: Arc<Metrics>) -> Freshness {
+        Freshness {
+            scopes: RwLock::new(Scopes {
+                floor: start,
+                ..Scopes::default()
+            }),
+            applied: AtomicI64::new(start),
+            started: Instant::now(),
+            last_sync_ms: AtomicU64::new(0),
+            max_lag,
+            advanced: Notify::new(),
+            metrics,
+        }
+    }
+
+    /// The newest revision applied: the revision a set computed now is stamped with.
+    pub fn applied(&self) -> i64 {
+        self.applied.load(Ordering::Acquire)
+    }
+
+    /// Whether the log was read recently enough to answer from cache.
+    pub fn trusted(&self) -> bool {
+        let last = Duration::from_millis(self.last_sync_ms.load(Ordering::Acquire));
+        self.started.elapsed().saturating_sub(last) <= self.max_lag
+    }
+
+    /// Whether a set stamped `revision` is still good for `key`.
+    pub fn valid(&self, key: &PermissionKey, deps: Deps, revision: i64) -> bool {
+        match self.scopes.read() {
+            Ok(scopes) => scopes.newest(key, deps) <= revision,
+            Err(_) => false,
+        }
+    }
+
+    /// Waits (up to `wait`) until `revision` has been applied.
+    pub async fn reached(&self, revision: i64, wait: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let advanced = self.advanced.notified();
+            if self.applied() >= revision {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, advanced).await.is_err() {
+                return self.applied() >= revision;
+            }
+        }
+    }
+
+    fn apply(&self, rows: Vec<crate::store::ChangeRow>) {
+        let Some(last) = rows.last().map(|r| r.0) else {
+            return;
+        };
+        if let Ok(mut scopes) = self.scopes.write() {
+            for (revision, scope, subject, team, target) in &rows {
+                let scope = Scope::parse(
+                    scope,
+                    subject.as_deref(),
+                    team.as_deref(),
+                    target.as_deref(),
+                );
+                scopes.apply(*revision, scope);
+            }
+        }
+        self.applied.fetch_max(last, Ordering::AcqRel);
+        self.metrics.invalidations.inc_by(rows.len() as u64);
+    }
+
+    /// Reads the log past what was applied; marks the replica in sync.
+    pub async fn sync(&self, store: &dyn Store) -> Result<(), AuthzError> {
+        loop {
+            let rows = store.changes_since(self.applied(), BATCH).await?;
+            let full = rows.len() as i64 == BATCH;
+            self.apply(rows);
+            if !full {
+                break;
+            }
+        }
+        let now = self.started.elapsed().as_millis() as u64;
+        self.last_sync_ms.fetch_max(now, Ordering::AcqRel);
+        self.advanced.notify_waiters();
+        Ok(())
+    }
+}
+
+/// Keeps `freshness` in step with the log: on every PostgreSQL notification
+/// and every `poll` (the bound when notifications are lost or the store has
+/// none, like SQLite). Runs until the task is aborted.
+pub async fn follow(
+    freshness: Arc<Freshness>,
+    store: Arc<dyn Store>,
+    poll: Duration,
+    listen_url: Option<String>,
+) {
+    let mut listener = match listen_url {
+        Some(url) => listen(&url).await,
+        None => None,
+    };
+    loop {
+        if let Err(e) = freshness.sync(store.as_ref()).await {
+            tracing::warn!("cannot read the change log: {e}");
+        }
+        match listener.as_mut() {
+            Some(l) => match tokio::time::timeout(poll, l.recv()).await {
+                Ok(Ok(_)) | Err(_) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!("change notifications lost ({e}); polling until they return");
+                    tokio::time::sleep(poll).await;
+                }
+            },
+            None => tokio::time::sleep(poll).await,
+        }
+    }
+}
+
+async fn listen(url: &str) -> Option<sqlx::postgres::PgListener> {
+    let mut listener = match sqlx::postgres::PgListener::connect(url).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!("cannot listen for changes ({e}); polling only");
+            return None;
+        }
+    };
+    match listener.listen("velro_authz_changes").await {
+        Ok(()) => Some(listener),
+        Err(e) => {
+            tracing::warn!("cannot listen for changes ({e}); polling only");
+            None
+        }
+    }
+}
