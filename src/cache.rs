@@ -11,13 +11,15 @@ use crate::{
     freshness::Freshness,
     metrics::Metrics,
     model::PermissionKey,
+    redis_tier::RedisTier,
 };
 
-/// A set and the revision this replica had applied when it was computed.
+/// A set, the revision it was computed at, and the tier that filled it.
 #[derive(Clone, Copy, Debug)]
 struct Stamped {
     set: PermissionSet,
     revision: i64,
+    origin: PermissionSource,
 }
 
 /// How long an AT_LEAST_AS_FRESH request waits for the change log before
@@ -27,6 +29,7 @@ const AT_LEAST_AS_FRESH_WAIT: Duration = Duration::from_millis(50);
 pub struct PermissionCache {
     sets: Cache<PermissionKey, Stamped>,
     freshness: Arc<Freshness>,
+    redis: Option<Arc<RedisTier>>,
     metrics: Arc<Metrics>,
 }
 
@@ -44,8 +47,48 @@ impl PermissionCache {
         PermissionCache {
             sets,
             freshness,
+            redis: None,
             metrics,
         }
+    }
+
+    /// Adds the shared Redis tier below the in-process one.
+    pub fn with_redis(mut self, redis: Arc<RedisTier>) -> Self {
+        self.redis = Some(redis);
+        self
+    }
+
+    /// Below the in-process tier: Redis when configured and in time, else
+    /// computed (and then offered to Redis). Runs once per key however many
+    /// callers miss together.
+    async fn fill<F>(
+        &self,
+        key: PermissionKey,
+        revision: i64,
+        compute: F,
+    ) -> Result<Stamped, AuthzError>
+    where
+        F: Future<Output = Result<PermissionSet, AuthzError>>,
+    {
+        if let Some(redis) = &self.redis
+            && let Some((set, stamped_at)) = redis.get(&key).await
+            && self.freshness.valid(&key, set.deps(), stamped_at)
+        {
+            return Ok(Stamped {
+                set,
+                revision: stamped_at,
+                origin: PermissionSource::RedisCache,
+            });
+        }
+        let set = compute.await?;
+        if let Some(redis) = &self.redis {
+            redis.put(&key, &set, revision);
+        }
+        Ok(Stamped {
+            set,
+            revision,
+            origin: PermissionSource::Computed,
+        })
     }
 
     /// A cached set only counts while the replica follows the change log
@@ -87,17 +130,18 @@ impl PermissionCache {
         let entry = self
             .sets
             .entry(key)
-            .or_try_insert_with(async move { compute().await.map(|set| Stamped { set, revision }) })
+            .or_try_insert_with(self.fill(key, revision, compute()))
             .await
             .map_err(|shared| (*shared).clone())?;
         let hit = !entry.is_fresh();
         self.metrics.record_cache_lookup("in_process", hit);
+        let stamped = entry.into_value();
         let source = if hit {
             PermissionSource::InProcessCache
         } else {
-            PermissionSource::Computed
+            stamped.origin
         };
-        Ok((entry.into_value().set, source))
+        Ok((stamped.set, source))
     }
 
     /// Whether this replica has applied `revision`, waiting briefly for it.

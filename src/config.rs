@@ -135,6 +135,34 @@ pub struct Settings {
     #[arg(long, env = "VELRO_CACHE_TTL", default_value = "30s", global = true)]
     pub cache_ttl: HumanDuration,
 
+    /// Redis URL for the shared cache tier (e.g. redis://127.0.0.1:6379);
+    /// none: in-process tier only.
+    #[arg(long, env = "VELRO_REDIS_URL", global = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key this service writes.
+    #[arg(
+        long,
+        env = "VELRO_REDIS_PREFIX",
+        default_value = "velro-authz:",
+        global = true
+    )]
+    pub redis_prefix: String,
+
+    /// Deadline of every Redis call; a slower Redis is skipped.
+    #[arg(
+        long,
+        env = "VELRO_REDIS_TIMEOUT",
+        default_value = "100ms",
+        global = true
+    )]
+    pub redis_timeout: HumanDuration,
+
+    /// Lifetime of a permission set in Redis.
+    #[arg(long, env = "VELRO_REDIS_TTL", default_value = "5m", global = true)]
+    pub redis_ttl: HumanDuration,
+
     /// How often the change log is read besides notifications (the
     /// invalidation bound when notifications are lost, and on SQLite).
     #[arg(

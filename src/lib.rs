@@ -21,6 +21,7 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod proto;
+pub mod redis_tier;
 pub mod server;
 pub mod service;
 pub mod store;

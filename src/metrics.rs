@@ -129,6 +129,14 @@ impl Metrics {
             .inc();
     }
 
+    /// One lookup in a tier: `hit`, `miss`, `error` (deadline or failure) or
+    /// `skipped` (breaker open).
+    pub fn record_tier(&self, tier: &'static str, result: &'static str) {
+        self.cache_lookups
+            .get_or_create(&CacheLabels { tier, result })
+            .inc();
+    }
+
     pub fn record_cache_lookup(&self, tier: &'static str, hit: bool) {
         let result = if hit { "hit" } else { "miss" };
         self.cache_lookups

@@ -28,12 +28,15 @@ use crate::{
     metrics::Metrics,
     ops::{self, Readiness},
     proto::{self, authorization_service_server::AuthorizationServiceServer},
+    redis_tier::RedisTier,
     service::AuthzService,
     store::{self, Backend},
     transport::GuardLayer,
 };
 
 const SERVICE_NAME: &str = "velro.authz.v1.AuthorizationService";
+/// Change-log entries a starting replica reads to judge shared-tier entries.
+const RECENT_CHANGES: i64 = 100_000;
 
 /// A started server. Dropping it also starts a drain.
 pub struct RunningServer {
@@ -67,8 +70,14 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         store.migrate().await?;
     }
     let metrics = Arc::new(Metrics::new());
+    // Start from the recent past of the change log, so that shared-tier
+    // entries computed by other replicas since then can be checked and used.
+    let start = store
+        .current_revision()
+        .await?
+        .saturating_sub(RECENT_CHANGES);
     let freshness = Arc::new(Freshness::new(
-        store.current_revision().await?,
+        start,
         settings.cache_max_lag.0,
         metrics.clone(),
     ));
@@ -80,12 +89,22 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         settings.change_poll.0,
         listen_url,
     ));
-    let cache = Arc::new(PermissionCache::new(
+    let mut cache = PermissionCache::new(
         settings.cache_capacity,
         settings.cache_ttl.0,
         freshness.clone(),
         metrics.clone(),
-    ));
+    );
+    if let Some(url) = &settings.redis_url {
+        cache = cache.with_redis(Arc::new(RedisTier::new(
+            url,
+            &settings.redis_prefix,
+            settings.redis_timeout.0,
+            settings.redis_ttl.0,
+            metrics.clone(),
+        )?));
+    }
+    let cache = Arc::new(cache);
     let engine = Arc::new(Engine::new(
         layer_stack(StackParts { cache }),
         store.clone(),

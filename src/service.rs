@@ -187,6 +187,7 @@ impl From<Decision> for proto::AuthorizeResponse {
         let source = match d.source {
             PermissionSource::None => proto::PermissionSource::None,
             PermissionSource::InProcessCache => proto::PermissionSource::InProcessCache,
+            PermissionSource::RedisCache => proto::PermissionSource::RedisCache,
             PermissionSource::Computed => proto::PermissionSource::Computed,
         };
         proto::AuthorizeResponse {

@@ -4,8 +4,13 @@
 
 use std::sync::Arc;
 
+use uuid::Uuid;
+
 use crate::{
-    engine::layer::{Layer, LayerId},
+    engine::{
+        layer::{Layer, LayerId},
+        stack::DESIGN_ORDER,
+    },
     error::AuthzError,
     freshness::Deps,
     metrics::Metrics,
@@ -19,6 +24,7 @@ pub enum PermissionSource {
     /// No permission set was needed (a guard decided first).
     None,
     InProcessCache,
+    RedisCache,
     Computed,
 }
 
@@ -27,6 +33,7 @@ impl PermissionSource {
         match self {
             PermissionSource::None => "none",
             PermissionSource::InProcessCache => "in_process",
+            PermissionSource::RedisCache => "redis",
             PermissionSource::Computed => "computed",
         }
     }
@@ -76,6 +83,69 @@ impl PermissionSet {
 
     pub fn absence(&self) -> Option<Absence> {
         self.absence
+    }
+
+    /// A compact text form for shared cache tiers:
+    /// `granting layer positions (0: none) | absence | project | team`.
+    pub fn encode(&self) -> String {
+        let layers: Vec<String> = self
+            .granted
+            .iter()
+            .map(|g| g.map_or(0, |l| l.position).to_string())
+            .collect();
+        let absence = match self.absence {
+            None => "-",
+            Some(Absence::ResourceNotFound) => "nf",
+            Some(Absence::SubjectDisabled) => "sd",
+        };
+        let id = |u: Option<Uuid>| u.map_or_else(|| "-".to_owned(), |u| u.to_string());
+        format!(
+            "{}|{absence}|{}|{}",
+            layers.join(","),
+            id(self.deps.project),
+            id(self.deps.team)
+        )
+    }
+
+    /// The inverse of `encode`; `None` for anything malformed (a cache
+    /// entry that cannot be read is a miss, never an answer).
+    pub fn decode(text: &str) -> Option<PermissionSet> {
+        let mut parts = text.split('|');
+        let layers = parts.next()?;
+        let absence = match parts.next()? {
+            "-" => None,
+            "nf" => Some(Absence::ResourceNotFound),
+            "sd" => Some(Absence::SubjectDisabled),
+            _ => return None,
+        };
+        let id = |t: &str| match t {
+            "-" => Some(None),
+            t => Uuid::parse_str(t).ok().map(Some),
+        };
+        let deps = Deps {
+            project: id(parts.next()?)?,
+            team: id(parts.next()?)?,
+        };
+        let mut granted = [None; 4];
+        let positions: Vec<&str> = layers.split(',').collect();
+        if positions.len() != 4 || parts.next().is_some() {
+            return None;
+        }
+        for (slot, position) in granted.iter_mut().zip(positions) {
+            let position: u8 = position.parse().ok()?;
+            if position != 0 {
+                let (position, name) = DESIGN_ORDER.iter().find(|(p, _)| *p == position)?;
+                *slot = Some(LayerId {
+                    position: *position,
+                    name,
+                });
+            }
+        }
+        Some(PermissionSet {
+            granted,
+            absence,
+            deps,
+        })
     }
 
     /// The reason code an allow carries, named after the granting layer.

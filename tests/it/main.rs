@@ -11,6 +11,7 @@ mod cli;
 mod ext_authz;
 mod invalidation;
 mod loadgen;
+mod redis_tier;
 mod reference_model;
 mod rules;
 mod service;

@@ -1,0 +1,218 @@
+//! The Redis tier against the machine's real Redis (each test under its own
+//! key prefix, removed afterwards), and against a Redis that stalls or is
+//! gone: answers stay correct and never wait for it.
+
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use velro_authz::{config::HumanDuration, proto};
+
+use crate::common::{
+    Db, TestDb, TestServer,
+    fixture::{World, authorize},
+    settings,
+};
+
+fn redis_url() -> String {
+    std::env::var("VELRO_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A key prefix of this test's own, and its removal.
+struct Prefix(String);
+
+impl Prefix {
+    async fn new() -> Prefix {
+        let url = redis_url();
+        let client = redis::Client::open(url.as_str()).unwrap();
+        client.get_multiplexed_async_connection().await.unwrap_or_else(|e| {
+            panic!("Redis is not reachable at {url} ({e}); start it or point VELRO_TEST_REDIS_URL at one")
+        });
+        Prefix(format!("velro-test-{}:", uuid::Uuid::new_v4().simple()))
+    }
+
+    async fn keys(&self) -> Vec<String> {
+        let client = redis::Client::open(redis_url().as_str()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        redis::cmd("KEYS")
+            .arg(format!("{}*", self.0))
+            .query_async(&mut c)
+            .await
+            .unwrap()
+    }
+
+    async fn remove(self) {
+        let keys = self.keys().await;
+        if !keys.is_empty() {
+            let client = redis::Client::open(redis_url().as_str()).unwrap();
+            let mut c = client.get_multiplexed_async_connection().await.unwrap();
+            let _: () = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn seeded() -> (TestDb, World) {
+    let db = TestDb::create(Db::Postgres).await;
+    let w = World::new();
+    db.store().await.insert_dataset(&w.data).await.unwrap();
+    (db, w)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_replica_answers_from_redis_and_writes_still_reach_it() {
+    let prefix = Prefix::new().await;
+    let (db, w) = seeded().await;
+    let with_redis = || {
+        let mut s = settings(&db.url);
+        s.redis_url = Some(redis_url());
+        s.redis_prefix = prefix.0.clone();
+        s
+    };
+    let warm = TestServer::start(with_redis()).await;
+    let request = authorize(w.viewer, "read", "generation", w.team.generation);
+    let first = warm
+        .client
+        .clone()
+        .authorize(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.source(), proto::PermissionSource::Computed);
+    // The write to Redis happens in the background.
+    for _ in 0..100 {
+        if !prefix.keys().await.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(prefix.keys().await.len(), 1);
+
+    let cold = TestServer::start(with_redis()).await;
+    let shared = cold
+        .client
+        .clone()
+        .authorize(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        shared.source(),
+        proto::PermissionSource::RedisCache,
+        "{shared:?}"
+    );
+    assert_eq!(
+        (shared.decision(), &shared.permissions),
+        (first.decision(), &first.permissions)
+    );
+    let again = cold
+        .client
+        .clone()
+        .authorize(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(again.source(), proto::PermissionSource::InProcessCache);
+
+    // A write outdates the Redis entry too: a third replica must not use it.
+    db.execute(&format!(
+        "DELETE FROM team_members WHERE user_id = '{}'",
+        w.viewer
+    ))
+    .await;
+    let third = TestServer::start(with_redis()).await;
+    let r = third
+        .client
+        .clone()
+        .authorize(request.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.decision(), proto::Decision::Deny, "{r:?}");
+    assert_eq!(r.source(), proto::PermissionSource::Computed);
+    for server in [warm, cold, third] {
+        server.stop().await;
+    }
+    prefix.remove().await;
+}
+
+/// A listener that accepts connections and never answers: a stalled Redis.
+async fn stalled_redis() -> (String, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    (format!("redis://{addr}"), task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_or_missing_redis_is_skipped() {
+    let (db, w) = seeded().await;
+    let (stalled, holder) = stalled_redis().await;
+    let gone = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("redis://{}", l.local_addr().unwrap())
+    };
+    for url in [stalled, gone] {
+        let mut s = settings(&db.url);
+        s.redis_url = Some(url.clone());
+        s.redis_timeout = HumanDuration(Duration::from_millis(100));
+        let server = TestServer::start(s).await;
+        let cases = [
+            (
+                authorize(w.viewer, "read", "project", w.team.project),
+                proto::Decision::Allow,
+            ),
+            (
+                authorize(w.viewer, "write", "project", w.team.project),
+                proto::Decision::Deny,
+            ),
+            (
+                authorize(w.outsider, "read", "media", w.public.media),
+                proto::Decision::Allow,
+            ),
+            (
+                authorize(w.outsider, "read", "project", w.private.project),
+                proto::Decision::Deny,
+            ),
+        ];
+        for round in 0..3 {
+            for (request, expected) in &cases {
+                let started = Instant::now();
+                let r = server
+                    .client
+                    .clone()
+                    .authorize(request.clone())
+                    .await
+                    .unwrap()
+                    .into_inner();
+                // The Redis deadline plus the database's time, with room for a busy CI machine.
+                assert!(
+                    started.elapsed() < Duration::from_millis(1_000),
+                    "{url}: waited {:?}",
+                    started.elapsed()
+                );
+                assert_eq!(r.decision(), *expected, "{url} round {round}: {r:?}");
+            }
+        }
+        let skipped = server
+            .metric("velro_authz_cache_lookups_total{tier=\"redis\",result=\"skipped\"}")
+            .await;
+        let errors = server
+            .metric("velro_authz_cache_lookups_total{tier=\"redis\",result=\"error\"}")
+            .await;
+        assert!(errors >= 1.0, "{url}: failures are counted");
+        assert!(
+            skipped >= 1.0,
+            "{url}: the breaker opened and skipped Redis"
+        );
+        server.stop().await;
+    }
+    holder.abort();
+}
