@@ -6,12 +6,14 @@ use std::{future::Future, sync::Arc, time::Duration};
 use moka::future::Cache;
 
 use crate::{
+    auth::now_unix,
     engine::permissions::{PermissionSet, PermissionSource},
     error::AuthzError,
     freshness::Freshness,
     metrics::Metrics,
     model::PermissionKey,
     redis_tier::RedisTier,
+    store::Store,
 };
 
 /// A set, the revision it was computed at, and the tier that filled it.
@@ -30,7 +32,49 @@ pub struct PermissionCache {
     sets: Cache<PermissionKey, Stamped>,
     freshness: Arc<Freshness>,
     redis: Option<Arc<RedisTier>>,
+    database: Option<DatabaseTier>,
     metrics: Arc<Metrics>,
+}
+
+/// The database tier: the `permission_cache` table (UNLOGGED on PostgreSQL).
+#[derive(Clone)]
+pub struct DatabaseTier {
+    pub store: Arc<dyn Store>,
+    pub ttl: Duration,
+}
+
+impl DatabaseTier {
+    async fn get(&self, key: &PermissionKey, metrics: &Metrics) -> Option<(PermissionSet, i64)> {
+        let found = self
+            .store
+            .cached_set(&key.to_string(), now_unix() as i64)
+            .await;
+        let decoded = match found {
+            Ok(row) => row
+                .and_then(|(payload, revision)| Some((PermissionSet::decode(&payload)?, revision))),
+            Err(e) => {
+                tracing::debug!("database cache tier: {e}");
+                metrics.record_tier("database", "error");
+                return None;
+            }
+        };
+        metrics.record_tier("database", if decoded.is_some() { "hit" } else { "miss" });
+        decoded
+    }
+
+    fn put(&self, key: &PermissionKey, set: &PermissionSet, revision: i64) {
+        let (tier, key, payload) = (self.clone(), key.to_string(), set.encode());
+        let expires = (now_unix() + self.ttl.as_secs()) as i64;
+        tokio::spawn(async move {
+            if let Err(e) = tier
+                .store
+                .store_set(&key, &payload, revision, expires)
+                .await
+            {
+                tracing::debug!("database cache tier write: {e}");
+            }
+        });
+    }
 }
 
 impl PermissionCache {
@@ -48,8 +92,15 @@ impl PermissionCache {
             sets,
             freshness,
             redis: None,
+            database: None,
             metrics,
         }
+    }
+
+    /// Adds the database tier below Redis.
+    pub fn with_database(mut self, tier: DatabaseTier) -> Self {
+        self.database = Some(tier);
+        self
     }
 
     /// Adds the shared Redis tier below the in-process one.
@@ -80,9 +131,25 @@ impl PermissionCache {
                 origin: PermissionSource::RedisCache,
             });
         }
+        if let Some(database) = &self.database
+            && let Some((set, stamped_at)) = database.get(&key, &self.metrics).await
+            && self.freshness.valid(&key, set.deps(), stamped_at)
+        {
+            if let Some(redis) = &self.redis {
+                redis.put(&key, &set, stamped_at);
+            }
+            return Ok(Stamped {
+                set,
+                revision: stamped_at,
+                origin: PermissionSource::DatabaseCache,
+            });
+        }
         let set = compute.await?;
         if let Some(redis) = &self.redis {
             redis.put(&key, &set, revision);
+        }
+        if let Some(database) = &self.database {
+            database.put(&key, &set, revision);
         }
         Ok(Stamped {
             set,

@@ -163,6 +163,14 @@ pub struct Settings {
     #[arg(long, env = "VELRO_REDIS_TTL", default_value = "5m", global = true)]
     pub redis_ttl: HumanDuration,
 
+    /// Use the database cache tier (table `permission_cache`) below Redis.
+    #[arg(long, env = "VELRO_DB_CACHE", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub db_cache: bool,
+
+    /// Lifetime of a permission set in the database tier.
+    #[arg(long, env = "VELRO_DB_CACHE_TTL", default_value = "10m", global = true)]
+    pub db_cache_ttl: HumanDuration,
+
     /// How often the change log is read besides notifications (the
     /// invalidation bound when notifications are lost, and on SQLite).
     #[arg(

@@ -15,7 +15,7 @@ use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 use crate::{
     auth,
-    cache::PermissionCache,
+    cache::{DatabaseTier, PermissionCache},
     config::Settings,
     demo,
     engine::{
@@ -103,6 +103,12 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
             settings.redis_ttl.0,
             metrics.clone(),
         )?));
+    }
+    if settings.db_cache {
+        cache = cache.with_database(DatabaseTier {
+            store: store.clone(),
+            ttl: settings.db_cache_ttl.0,
+        });
     }
     let cache = Arc::new(cache);
     let engine = Arc::new(Engine::new(

@@ -188,6 +188,7 @@ impl From<Decision> for proto::AuthorizeResponse {
             PermissionSource::None => proto::PermissionSource::None,
             PermissionSource::InProcessCache => proto::PermissionSource::InProcessCache,
             PermissionSource::RedisCache => proto::PermissionSource::RedisCache,
+            PermissionSource::DatabaseCache => proto::PermissionSource::DatabaseCache,
             PermissionSource::Computed => proto::PermissionSource::Computed,
         };
         proto::AuthorizeResponse {

@@ -25,6 +25,7 @@ pub enum PermissionSource {
     None,
     InProcessCache,
     RedisCache,
+    DatabaseCache,
     Computed,
 }
 
@@ -34,6 +35,7 @@ impl PermissionSource {
             PermissionSource::None => "none",
             PermissionSource::InProcessCache => "in_process",
             PermissionSource::RedisCache => "redis",
+            PermissionSource::DatabaseCache => "database",
             PermissionSource::Computed => "computed",
         }
     }

@@ -64,6 +64,18 @@ pub trait Store: auth::AuthStore + Send + Sync {
     /// Entries of the change log after `after`, oldest first.
     async fn changes_since(&self, after: i64, limit: i64) -> Result<Vec<ChangeRow>, AuthzError>;
 
+    /// The database cache tier: a set's payload and revision, if unexpired.
+    async fn cached_set(&self, key: &str, now: i64) -> Result<Option<(String, i64)>, AuthzError>;
+
+    /// Stores (or replaces) a set in the database cache tier.
+    async fn store_set(
+        &self,
+        key: &str,
+        payload: &str,
+        revision: i64,
+        expires_at: i64,
+    ) -> Result<(), AuthzError>;
+
     /// The newest revision of the change log (0 when empty).
     async fn current_revision(&self) -> Result<i64, AuthzError>;
 

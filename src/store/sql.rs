@@ -153,6 +153,43 @@ macro_rules! sql_store {
                 .await?)
             }
 
+            async fn cached_set(
+                &self,
+                key: &str,
+                now: i64,
+            ) -> Result<Option<(String, i64)>, AuthzError> {
+                Ok(sqlx::query_as(
+                    "SELECT payload, revision FROM permission_cache \
+                     WHERE cache_key = $1 AND expires_at > $2",
+                )
+                .bind(key)
+                .bind(now)
+                .fetch_optional(&self.pool)
+                .await?)
+            }
+
+            async fn store_set(
+                &self,
+                key: &str,
+                payload: &str,
+                revision: i64,
+                expires_at: i64,
+            ) -> Result<(), AuthzError> {
+                sqlx::query(
+                    "INSERT INTO permission_cache (cache_key, payload, revision, expires_at) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (cache_key) DO UPDATE SET \
+                     payload = excluded.payload, revision = excluded.revision, \
+                     expires_at = excluded.expires_at",
+                )
+                .bind(key)
+                .bind(payload)
+                .bind(revision)
+                .bind(expires_at)
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
             async fn current_revision(&self) -> Result<i64, AuthzError> {
                 let (revision,): (i64,) =
                     sqlx::query_as("SELECT COALESCE(MAX(revision), 0) FROM authz_changes")

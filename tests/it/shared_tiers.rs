@@ -1,5 +1,6 @@
-//! The Redis tier against the machine's real Redis (each test under its own
-//! key prefix, removed afterwards), and against a Redis that stalls or is
+//! The shared tiers: Redis against the machine's real Redis (each test under its own
+//! key prefix, removed afterwards) and the database tier: a cold replica
+//! answers from them, a write outdates them; and a Redis that stalls or is
 //! gone: answers stay correct and never wait for it.
 
 use std::time::{Duration, Instant};
@@ -61,15 +62,41 @@ async fn seeded() -> (TestDb, World) {
     (db, w)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cold_replica_answers_from_redis_and_writes_still_reach_it() {
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Tier {
+    Redis,
+    Database,
+}
+
+/// A replica that starts next to a warm one answers from the shared tier;
+/// a write outdates the shared entry for every replica.
+async fn cold_replica_uses_the_shared_tier(tier: Tier) {
     let prefix = Prefix::new().await;
     let (db, w) = seeded().await;
     let with_redis = || {
         let mut s = settings(&db.url);
-        s.redis_url = Some(redis_url());
-        s.redis_prefix = prefix.0.clone();
+        match tier {
+            Tier::Redis => {
+                s.redis_url = Some(redis_url());
+                s.redis_prefix = prefix.0.clone();
+            }
+            Tier::Database => s.db_cache = true,
+        }
         s
+    };
+    let stored = || async {
+        match tier {
+            Tier::Redis => prefix.keys().await.len(),
+            Tier::Database => {
+                let store = db.store().await;
+                let key = format!("{}:generation:{}", w.viewer, w.team.generation);
+                usize::from(store.cached_set(&key, 0).await.unwrap().is_some())
+            }
+        }
+    };
+    let shared_source = match tier {
+        Tier::Redis => proto::PermissionSource::RedisCache,
+        Tier::Database => proto::PermissionSource::DatabaseCache,
     };
     let warm = TestServer::start(with_redis()).await;
     let request = authorize(w.viewer, "read", "generation", w.team.generation);
@@ -81,14 +108,14 @@ async fn a_cold_replica_answers_from_redis_and_writes_still_reach_it() {
         .unwrap()
         .into_inner();
     assert_eq!(first.source(), proto::PermissionSource::Computed);
-    // The write to Redis happens in the background.
+    // The write to the shared tier happens in the background.
     for _ in 0..100 {
-        if !prefix.keys().await.is_empty() {
+        if stored().await > 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(prefix.keys().await.len(), 1);
+    assert_eq!(stored().await, 1, "{tier:?}");
 
     let cold = TestServer::start(with_redis()).await;
     let shared = cold
@@ -98,11 +125,7 @@ async fn a_cold_replica_answers_from_redis_and_writes_still_reach_it() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(
-        shared.source(),
-        proto::PermissionSource::RedisCache,
-        "{shared:?}"
-    );
+    assert_eq!(shared.source(), shared_source, "{shared:?}");
     assert_eq!(
         (shared.decision(), &shared.permissions),
         (first.decision(), &first.permissions)
@@ -136,6 +159,16 @@ async fn a_cold_replica_answers_from_redis_and_writes_still_reach_it() {
         server.stop().await;
     }
     prefix.remove().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_replica_answers_from_redis() {
+    cold_replica_uses_the_shared_tier(Tier::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_replica_answers_from_the_database_tier() {
+    cold_replica_uses_the_shared_tier(Tier::Database).await;
 }
 
 /// A listener that accepts connections and never answers: a stalled Redis.
