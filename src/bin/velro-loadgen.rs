@@ -89,6 +89,12 @@ enum Command {
         /// Run on PostgreSQL: a fresh database is created on this server and dropped after.
         #[arg(long)]
         postgres_url: Option<String>,
+        /// Give the server this Redis for its shared tier (and run a cold replica too).
+        #[arg(long)]
+        redis_url: Option<String>,
+        /// Turn the server's database cache tier on (and run a cold replica too).
+        #[arg(long)]
+        db_cache: bool,
         /// Only these scenarios (e.g. authorize_hot,ramp); the ceiling always runs.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
@@ -183,6 +189,8 @@ async fn execute(command: Command) -> Result<(), LoadError> {
             scale,
             seed,
             postgres_url,
+            redis_url,
+            db_cache,
             only,
             duration_factor,
             configs,
@@ -193,6 +201,9 @@ async fn execute(command: Command) -> Result<(), LoadError> {
                 scale,
                 seed,
                 postgres_url,
+                redis_prefix: format!("velro-bench-{}:", std::process::id()),
+                redis_url,
+                db_cache,
                 configs,
                 out,
                 server_bin: server_bin.unwrap_or_else(sibling_server),

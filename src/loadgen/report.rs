@@ -182,6 +182,21 @@ impl RunReport {
                     r.errors
                 );
             }
+            let all = &s.overall;
+            let shared = ["REDIS_CACHE", "DATABASE_CACHE"];
+            if shared.iter().any(|t| all.sources.contains_key(*t)) {
+                let total: u64 = all.sources.values().sum();
+                let share = |tier: &str| {
+                    100.0 * all.sources.get(tier).copied().unwrap_or(0) as f64 / total.max(1) as f64
+                };
+                println!(
+                    "  answered from: in-process {:.1} %, Redis {:.1} %, database tier {:.1} %, computed {:.1} %",
+                    share("IN_PROCESS_CACHE"),
+                    share("REDIS_CACHE"),
+                    share("DATABASE_CACHE"),
+                    share("COMPUTED")
+                );
+            }
             for sample in &s.overall.mismatch_samples {
                 println!("  MISMATCH {sample}");
             }

@@ -20,7 +20,7 @@ use tonic_health::pb::{
 use super::{
     LoadError, RunOptions,
     data::{self, Sizes, WorkloadId},
-    report::RunReport,
+    report::{RunReport, ScenarioResult},
     run_scenario, tokens,
 };
 
@@ -50,6 +50,11 @@ pub struct StandardOptions {
     pub configs: PathBuf,
     pub out: PathBuf,
     pub server_bin: PathBuf,
+    /// Redis for the shared tier (keys under `redis_prefix`, removed after).
+    pub redis_url: Option<String>,
+    pub redis_prefix: String,
+    /// Turn the database cache tier on.
+    pub db_cache: bool,
     /// Scenario names to run (all when empty); the ceiling always runs.
     pub only: Vec<String>,
     pub duration_factor: f64,
@@ -191,15 +196,13 @@ fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-async fn run_against(
-    options: &StandardOptions,
-    url: &str,
-    data_dir: &Path,
-    report: &mut RunReport,
-) -> Result<(), LoadError> {
+/// Starts `velro-authz serve` on free loopback ports with the run's
+/// database and shared tiers; returns the child and its gRPC address.
+fn start_server(options: &StandardOptions, url: &str) -> Result<(Child, String), LoadError> {
     let (grpc, ops) = (free_port()?, free_port()?);
     let addr = format!("127.0.0.1:{grpc}");
-    let mut server = Command::new(&options.server_bin)
+    let mut command = Command::new(&options.server_bin);
+    command
         .args([
             "serve",
             "--listen",
@@ -215,14 +218,57 @@ async fn run_against(
             "--log",
             "warn",
         ])
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| {
-            LoadError(format!(
-                "cannot start {}: {e}",
-                options.server_bin.display()
-            ))
-        })?;
+        .args([
+            "--db-cache",
+            if options.db_cache { "true" } else { "false" },
+        ]);
+    if let Some(redis) = &options.redis_url {
+        command.args([
+            "--redis-url",
+            redis,
+            "--redis-prefix",
+            &options.redis_prefix,
+        ]);
+    }
+    let server = command.kill_on_drop(true).spawn().map_err(|e| {
+        LoadError(format!(
+            "cannot start {}: {e}",
+            options.server_bin.display()
+        ))
+    })?;
+    Ok((server, addr))
+}
+
+/// Runs Authorize hot on a second, cold replica next to the warm one: what
+/// the shared tiers give a replica that just started.
+async fn cold_replica(
+    options: &StandardOptions,
+    url: &str,
+    run: &RunOptions,
+) -> Result<ScenarioResult, LoadError> {
+    let (mut cold, addr) = start_server(options, url)?;
+    let result = async {
+        wait_serving(&addr, &mut cold).await?;
+        let run = RunOptions {
+            host: Some(addr.clone()),
+            ..run.clone()
+        };
+        let mut scenario = run_scenario(&options.configs.join("authorize_hot.json"), &run).await?;
+        scenario.name = "authorize_hot, cold replica".into();
+        Ok(scenario)
+    }
+    .await;
+    let _ = cold.kill().await;
+    result
+}
+
+async fn run_against(
+    options: &StandardOptions,
+    url: &str,
+    data_dir: &Path,
+    report: &mut RunReport,
+) -> Result<(), LoadError> {
+    let (mut server, addr) = start_server(options, url)?;
     let result = async {
         wait_serving(&addr, &mut server).await?;
         let run = RunOptions {
@@ -263,6 +309,12 @@ async fn run_against(
                 .scenarios
                 .push(run_scenario(&options.configs.join(name), &run).await?);
         }
+        if options.redis_url.is_some() || options.db_cache {
+            eprintln!("running authorize_hot on a cold replica …");
+            report
+                .scenarios
+                .push(cold_replica(options, url, &run).await?);
+        }
         if let Some(rss) = peak_rss_mib(server.id()) {
             report
                 .setup
@@ -273,6 +325,39 @@ async fn run_against(
     .await;
     let _ = server.kill().await;
     result
+}
+
+/// Removes the run's keys from Redis (SCAN, never KEYS, on a shared server).
+async fn clear_redis(url: &str, prefix: &str) -> Result<(), LoadError> {
+    let fail = |e: redis::RedisError| LoadError(format!("cleaning Redis at {url}: {e}"));
+    let client = redis::Client::open(url).map_err(fail)?;
+    let mut connection = client
+        .get_multiplexed_async_connection()
+        .await
+        .map_err(fail)?;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut connection)
+            .await
+            .map_err(fail)?;
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut connection)
+                .await
+                .map_err(fail)?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
 }
 
 /// Runs the standard report; returns it (already printed and written).
@@ -308,6 +393,15 @@ pub async fn run(options: StandardOptions) -> Result<RunReport, LoadError> {
         }
         .into(),
     );
+    let tiers = [
+        Some("in-process"),
+        options.redis_url.as_ref().map(|_| "redis"),
+        options.db_cache.then_some("database"),
+    ];
+    setup.insert(
+        "cache tiers".into(),
+        tiers.into_iter().flatten().collect::<Vec<_>>().join(", "),
+    );
     setup.insert(
         "workload".into(),
         format!("seed {} scale {}", id.seed, id.scale),
@@ -329,6 +423,9 @@ pub async fn run(options: StandardOptions) -> Result<RunReport, LoadError> {
         Err(e) => Err(e),
     };
     db.remove().await;
+    if let Some(redis) = &options.redis_url {
+        clear_redis(redis, &options.redis_prefix).await?;
+    }
     result?;
     report.relate_to_ceiling();
     report.print();

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 use uuid::Uuid;
 use velro_authz::{
     loadgen::expect::Expected,
-    model::{Action, ResourceKind},
+    model::{Action, ResourceKind, TeamRole, Visibility},
     proto::{self, Decision},
     workload::{self, Dataset},
 };
@@ -207,3 +207,135 @@ on_both_databases!(
     server_agrees_with_the_reference_model,
     agree_on_random_worlds
 );
+
+/// One random write, made with plain SQL and mirrored in the model data.
+fn random_write(data: &mut Dataset, rng: &mut ChaCha8Rng) -> String {
+    match rng.random_range(0..4) {
+        0 if !data.members.is_empty() => {
+            let m = data.members.remove(rng.random_range(0..data.members.len()));
+            format!(
+                "DELETE FROM team_members WHERE team_id = '{}' AND user_id = '{}'",
+                m.team_id, m.user_id
+            )
+        }
+        1 if !data.members.is_empty() => {
+            let i = rng.random_range(0..data.members.len());
+            data.members[i].role = TeamRole::Admin;
+            let m = &data.members[i];
+            format!(
+                "UPDATE team_members SET role = 'admin' WHERE team_id = '{}' AND user_id = '{}'",
+                m.team_id, m.user_id
+            )
+        }
+        2 => {
+            let i = rng.random_range(0..data.projects.len());
+            let visibility = *[Visibility::Private, Visibility::Team, Visibility::Public]
+                .choose(rng)
+                .unwrap_or(&Visibility::Private);
+            data.projects[i].visibility = visibility;
+            format!(
+                "UPDATE projects SET visibility = '{}' WHERE id = '{}'",
+                visibility.as_str(),
+                data.projects[i].id
+            )
+        }
+        _ => {
+            let i = rng.random_range(0..data.users.len());
+            data.users[i].disabled = true;
+            format!(
+                "UPDATE users SET disabled = TRUE WHERE id = '{}'",
+                data.users[i].id
+            )
+        }
+    }
+}
+
+/// Two replicas with every tier on (in-process, Redis, database) while
+/// random writes land: right after each write AT_LEAST_AS_FRESH answers
+/// agree with the model, and once the staleness bound passed so do plain
+/// (cached) answers on both replicas.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agrees_under_writes_with_every_tier_on() {
+    let seed = u64::from(
+        std::time::UNIX_EPOCH
+            .elapsed()
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(11),
+    );
+    eprintln!("writes seed {seed}");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let prefix = crate::common::redis::Prefix::new().await;
+    let db = TestDb::create(Db::Postgres).await;
+    let mut data = workload::generate(0.004, rng.random());
+    db.store().await.insert_dataset(&data).await.unwrap();
+    let replica = || {
+        let mut s = settings(&db.url);
+        s.redis_url = Some(crate::common::redis::redis_url());
+        s.redis_prefix = prefix.0.clone();
+        s.db_cache = true;
+        s
+    };
+    let (a, b) = (
+        TestServer::start(replica()).await,
+        TestServer::start(replica()).await,
+    );
+    let bound = std::time::Duration::from_millis(600);
+    let mut checked = 0;
+    for _round in 0..12 {
+        // Warm both replicas (and the shared tiers) with the current answers.
+        let checks = random_checks(&data, &mut rng, 60);
+        for server in [&a, &b] {
+            for c in &checks {
+                server
+                    .client
+                    .clone()
+                    .authorize(fixture::authorize(c.user, c.action, c.kind, c.id))
+                    .await
+                    .unwrap();
+            }
+        }
+        let sql = random_write(&mut data, &mut rng);
+        db.execute(&sql).await;
+        let expected = Expected::new(&data);
+        let revision = b
+            .client
+            .clone()
+            .get_revision(proto::GetRevisionRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .revision;
+        for c in &checks {
+            let mut request = fixture::authorize(c.user, c.action, c.kind, c.id);
+            request.consistency = proto::Consistency::AtLeastAsFresh as i32;
+            request.at_least_revision = revision;
+            let r = b
+                .client
+                .clone()
+                .authorize(request)
+                .await
+                .unwrap()
+                .into_inner();
+            assert_agrees(&expected, c, &r);
+            checked += 1;
+        }
+        tokio::time::sleep(bound).await;
+        for server in [&a, &b] {
+            for c in &checks {
+                let r = server
+                    .client
+                    .clone()
+                    .authorize(fixture::authorize(c.user, c.action, c.kind, c.id))
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert_agrees(&expected, c, &r);
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 12 * 180);
+    a.stop().await;
+    b.stop().await;
+    prefix.remove().await;
+}

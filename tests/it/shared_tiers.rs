@@ -11,49 +11,9 @@ use velro_authz::{config::HumanDuration, proto};
 use crate::common::{
     Db, TestDb, TestServer,
     fixture::{World, authorize},
+    redis::{Prefix, redis_url},
     settings,
 };
-
-fn redis_url() -> String {
-    std::env::var("VELRO_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// A key prefix of this test's own, and its removal.
-struct Prefix(String);
-
-impl Prefix {
-    async fn new() -> Prefix {
-        let url = redis_url();
-        let client = redis::Client::open(url.as_str()).unwrap();
-        client.get_multiplexed_async_connection().await.unwrap_or_else(|e| {
-            panic!("Redis is not reachable at {url} ({e}); start it or point VELRO_TEST_REDIS_URL at one")
-        });
-        Prefix(format!("velro-test-{}:", uuid::Uuid::new_v4().simple()))
-    }
-
-    async fn keys(&self) -> Vec<String> {
-        let client = redis::Client::open(redis_url().as_str()).unwrap();
-        let mut c = client.get_multiplexed_async_connection().await.unwrap();
-        redis::cmd("KEYS")
-            .arg(format!("{}*", self.0))
-            .query_async(&mut c)
-            .await
-            .unwrap()
-    }
-
-    async fn remove(self) {
-        let keys = self.keys().await;
-        if !keys.is_empty() {
-            let client = redis::Client::open(redis_url().as_str()).unwrap();
-            let mut c = client.get_multiplexed_async_connection().await.unwrap();
-            let _: () = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut c)
-                .await
-                .unwrap();
-        }
-    }
-}
 
 async fn seeded() -> (TestDb, World) {
     let db = TestDb::create(Db::Postgres).await;

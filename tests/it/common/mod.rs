@@ -6,6 +6,7 @@
 pub mod fixture;
 pub mod login;
 pub mod proxy;
+pub mod redis;
 
 use std::time::Duration;
 
