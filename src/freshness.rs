@@ -22,6 +22,9 @@ use uuid::Uuid;
 
 use crate::{error::AuthzError, metrics::Metrics, model::PermissionKey, store::Store};
 
+/// How long a missing revision is waited for before it is taken for a
+/// rolled-back transaction.
+const GAP_TIMEOUT: Duration = Duration::from_secs(2);
 /// Changes read per query.
 const BATCH: i64 = 10_000;
 /// Scopes remembered before the replica forgets them all (and trusts only
@@ -121,7 +124,14 @@ impl Scopes {
 
 pub struct Freshness {
     scopes: RwLock<Scopes>,
+    /// The last revision up to which every change has been applied (no
+    /// gaps): what a set computed now is stamped with.
     applied: AtomicI64,
+    /// Since when a revision below newer ones has been missing. A gap is a
+    /// transaction that took its revision but has not committed yet (or
+    /// rolled back); past `GAP_TIMEOUT` it is taken for a rollback.
+    gap_since: std::sync::Mutex<Option<Instant>>,
+    gap_timeout: Duration,
     started: Instant,
     /// Milliseconds since `started` of the last successful read of the log.
     last_sync_ms: AtomicU64,
@@ -139,6 +149,8 @@ impl Freshness {
                 ..Scopes::default()
             }),
             applied: AtomicI64::new(start),
+            gap_since: std::sync::Mutex::new(None),
+            gap_timeout: GAP_TIMEOUT,
             started: Instant::now(),
             last_sync_ms: AtomicU64::new(0),
             max_lag,
@@ -180,10 +192,14 @@ impl Freshness {
         }
     }
 
+    /// Applies rows (oldest first) and advances `applied` over the
+    /// contiguous run only; rows past a gap are applied to the scopes now
+    /// and read again until the gap fills or times out.
     fn apply(&self, rows: Vec<crate::store::ChangeRow>) {
         let Some(last) = rows.last().map(|r| r.0) else {
             return;
         };
+        let mut contiguous = self.applied();
         if let Ok(mut scopes) = self.scopes.write() {
             for (revision, scope, subject, team, target) in &rows {
                 let scope = Scope::parse(
@@ -193,19 +209,38 @@ impl Freshness {
                     target.as_deref(),
                 );
                 scopes.apply(*revision, scope);
+                if *revision == contiguous + 1 {
+                    contiguous = *revision;
+                }
             }
         }
-        self.applied.fetch_max(last, Ordering::AcqRel);
+        let mut gap = self.gap_since.lock().unwrap_or_else(|p| p.into_inner());
+        if contiguous < last {
+            let since = *gap.get_or_insert_with(Instant::now);
+            if since.elapsed() >= self.gap_timeout {
+                tracing::warn!(
+                    missing = contiguous + 1,
+                    "a change-log revision never appeared; taking it for a rollback"
+                );
+                contiguous = last;
+                *gap = None;
+            }
+        } else {
+            *gap = None;
+        }
+        self.applied.fetch_max(contiguous, Ordering::AcqRel);
         self.metrics.invalidations.inc_by(rows.len() as u64);
     }
 
     /// Reads the log past what was applied; marks the replica in sync.
     pub async fn sync(&self, store: &dyn Store) -> Result<(), AuthzError> {
         loop {
-            let rows = store.changes_since(self.applied(), BATCH).await?;
+            let before = self.applied();
+            let rows = store.changes_since(before, BATCH).await?;
             let full = rows.len() as i64 == BATCH;
             self.apply(rows);
-            if !full {
+            // Stop at a gap too: the rows past it are read again next time.
+            if !full || self.applied() == before {
                 break;
             }
         }
@@ -260,5 +295,72 @@ async fn listen(url: &str) -> Option<sqlx::postgres::PgListener> {
             tracing::warn!("cannot listen for changes ({e}); polling only");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(revision: i64) -> crate::store::ChangeRow {
+        (
+            revision,
+            "user".into(),
+            Some(Uuid::new_v4().to_string()),
+            None,
+            None,
+        )
+    }
+
+    #[test]
+    fn applied_stops_at_a_gap_until_it_fills_or_times_out() {
+        let metrics = Arc::new(Metrics::new());
+        let mut f = Freshness::new(0, Duration::from_secs(5), metrics);
+        f.apply(vec![row(1), row(2), row(4)]);
+        assert_eq!(f.applied(), 2, "3 is missing: not past it");
+        f.apply(vec![row(3), row(4)]);
+        assert_eq!(f.applied(), 4, "the late transaction committed");
+        f.gap_timeout = Duration::ZERO;
+        f.apply(vec![row(6)]);
+        assert_eq!(f.applied(), 6, "5 never came: a rollback");
+    }
+
+    #[test]
+    fn a_set_is_valid_until_a_scope_it_depends_on_changes() {
+        let metrics = Arc::new(Metrics::new());
+        let f = Freshness::new(10, Duration::from_secs(5), metrics);
+        let (user, project, team) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        let key = PermissionKey {
+            subject: user,
+            resource: crate::model::ResourceRef {
+                kind: crate::model::ResourceKind::Project,
+                id: project,
+            },
+        };
+        let deps = Deps {
+            project: Some(project),
+            team: Some(team),
+        };
+        assert!(f.valid(&key, deps, 10));
+        assert!(!f.valid(&key, deps, 9), "older than the floor");
+        let text = |u: Uuid| Some(u.to_string());
+        f.apply(vec![(
+            11,
+            "member".into(),
+            text(Uuid::new_v4()),
+            text(team),
+            None,
+        )]);
+        assert!(f.valid(&key, deps, 10), "another user's membership");
+        f.apply(vec![(12, "member".into(), text(user), text(team), None)]);
+        assert!(!f.valid(&key, deps, 11));
+        assert!(f.valid(&key, deps, 12));
+        f.apply(vec![(13, "project".into(), None, None, text(project))]);
+        assert!(!f.valid(&key, deps, 12));
+        f.apply(vec![(14, "bogus".into(), None, None, None)]);
+        assert!(
+            !f.valid(&key, deps, 13),
+            "an unreadable change trusts nothing older"
+        );
     }
 }

@@ -75,7 +75,8 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
     let start = store
         .current_revision()
         .await?
-        .saturating_sub(RECENT_CHANGES);
+        .saturating_sub(RECENT_CHANGES)
+        .max(0);
     let freshness = Arc::new(Freshness::new(
         start,
         settings.cache_max_lag.0,
