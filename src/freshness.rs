@@ -230,6 +230,8 @@ impl Freshness {
         }
         self.applied.fetch_max(contiguous, Ordering::AcqRel);
         self.metrics.invalidations.inc_by(rows.len() as u64);
+        self.metrics.seen_revision.set(last);
+        self.metrics.applied_revision.set(self.applied());
     }
 
     /// Reads the log past what was applied; marks the replica in sync.

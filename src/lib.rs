@@ -27,4 +27,5 @@ pub mod service;
 pub mod store;
 pub mod transport;
 pub mod validate;
+pub mod warming;
 pub mod workload;

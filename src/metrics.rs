@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
+    metrics::gauge::Gauge,
     metrics::{
         counter::Counter,
         family::Family,
@@ -50,6 +51,12 @@ pub struct Metrics {
     pub permission_computations: Counter,
     /// Change-log entries applied to the cache's freshness map.
     pub invalidations: Counter,
+    /// Newest change-log revision read, and the one applied without gaps:
+    /// their difference is the revision lag.
+    pub seen_revision: Gauge,
+    pub applied_revision: Gauge,
+    /// 1 while the Redis circuit breaker is open.
+    pub redis_breaker_open: Gauge,
 }
 
 impl Default for Metrics {
@@ -93,6 +100,23 @@ impl Metrics {
             "Permission sets computed from the database (one round trip each)",
             permission_computations.clone(),
         );
+        let (seen_revision, applied_revision, redis_breaker_open) =
+            (Gauge::default(), Gauge::default(), Gauge::default());
+        registry.register(
+            "change_log_seen_revision",
+            "Newest change-log revision this replica has read",
+            seen_revision.clone(),
+        );
+        registry.register(
+            "change_log_applied_revision",
+            "Change-log revision applied without gaps (cached sets are stamped with it)",
+            applied_revision.clone(),
+        );
+        registry.register(
+            "redis_breaker_open",
+            "1 while the Redis circuit breaker is open (Redis skipped)",
+            redis_breaker_open.clone(),
+        );
         let invalidations = Counter::default();
         registry.register(
             "invalidations",
@@ -100,6 +124,9 @@ impl Metrics {
             invalidations.clone(),
         );
         Metrics {
+            seen_revision,
+            applied_revision,
+            redis_breaker_open,
             invalidations,
             registry,
             rpc_requests,

@@ -156,7 +156,7 @@ impl RedisTier {
             command.query_async::<T>(&mut connection).await.ok()
         })
         .await;
-        match outcome {
+        let value = match outcome {
             Ok(Some(value)) => {
                 self.breaker.success();
                 Some(value)
@@ -166,7 +166,11 @@ impl RedisTier {
                 self.metrics.record_tier("redis", "error");
                 None
             }
-        }
+        };
+        self.metrics
+            .redis_breaker_open
+            .set(i64::from(self.breaker.is_open()));
+        value
     }
 
     /// The set and its revision, if Redis has them and answers in time.

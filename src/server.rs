@@ -32,6 +32,7 @@ use crate::{
     service::AuthzService,
     store::{self, Backend},
     transport::GuardLayer,
+    warming::Warmer,
 };
 
 const SERVICE_NAME: &str = "velro.authz.v1.AuthorizationService";
@@ -113,12 +114,19 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
     }
     let cache = Arc::new(cache);
     let engine = Arc::new(Engine::new(
-        layer_stack(StackParts { cache }),
+        layer_stack(StackParts {
+            cache: cache.clone(),
+        }),
         store.clone(),
         metrics.clone(),
     ));
 
     let auth = auth::setup::authenticator(settings, store.clone()).await?;
+    auth.set_warmer(Arc::new(Warmer::new(
+        engine.clone(),
+        cache.clone(),
+        metrics.clone(),
+    )));
     let jwks = Arc::new(auth.tokens().keys().jwks());
 
     let grpc_listener = TcpListener::bind(settings.listen)

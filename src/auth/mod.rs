@@ -17,6 +17,7 @@ use moka::{Expiry, future::Cache};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
+use crate::warming::Warmer;
 use crate::{
     error::AuthzError,
     store::{
@@ -105,6 +106,8 @@ pub struct Authenticator {
     verified: Cache<[u8; 32], Arc<Principal>>,
     refresh_ttl: u64,
     reuse_grace: Duration,
+    /// Prefetches a user's likely permission sets when a token is first seen.
+    warmer: std::sync::OnceLock<Arc<Warmer>>,
 }
 
 impl Authenticator {
@@ -128,7 +131,14 @@ impl Authenticator {
                 .build(),
             refresh_ttl: config.refresh_ttl.as_secs(),
             reuse_grace: config.refresh_reuse_grace,
+            warmer: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Warm the caches for each newly verified principal (login or first
+    /// use of a token).
+    pub fn set_warmer(&self, warmer: Arc<Warmer>) {
+        let _ = self.warmer.set(warmer);
     }
 
     pub fn tokens(&self) -> &TokenService {
@@ -279,6 +289,9 @@ impl Authenticator {
         let claims = self.tokens.verify(token)?;
         let principal = Arc::new(self.principal(claims).await?);
         self.verified.insert(key, principal.clone()).await;
+        if let Some(warmer) = self.warmer.get() {
+            warmer.warm(principal.user_id);
+        }
         Ok(principal)
     }
 

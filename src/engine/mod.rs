@@ -43,6 +43,11 @@ pub struct Engine {
 impl Engine {
     /// Builds the engine over an ordered stack; the relationship layers of
     /// that stack also make up the resolver used on cache misses.
+    /// Computes permission sets on misses (for warming the cache).
+    pub fn resolver(&self) -> &Resolver {
+        &self.resolver
+    }
+
     /// The store the engine computes from.
     pub fn store(&self) -> &dyn Store {
         self.resolver.store()

@@ -76,6 +76,15 @@ pub trait Store: auth::AuthStore + Send + Sync {
         expires_at: i64,
     ) -> Result<(), AuthzError>;
 
+    /// What a user most likely asks about next: the projects of their teams
+    /// and their own, and their latest generations, as (kind, id), at most
+    /// `limit` of each.
+    async fn warm_targets(
+        &self,
+        user: Uuid,
+        limit: i64,
+    ) -> Result<Vec<(String, String)>, AuthzError>;
+
     /// The newest revision of the change log (0 when empty).
     async fn current_revision(&self) -> Result<i64, AuthzError>;
 

@@ -190,6 +190,38 @@ macro_rules! sql_store {
                 Ok(())
             }
 
+            async fn warm_targets(
+                &self,
+                user: Uuid,
+                limit: i64,
+            ) -> Result<Vec<(String, String)>, AuthzError> {
+                let bind_id = $bind_id;
+                Ok(sqlx::query_as(
+                    "SELECT kind, id FROM ( \
+                       SELECT 'project' AS kind, CAST(p.id AS TEXT) AS id FROM projects p \
+                         JOIN team_members m ON m.team_id = p.team_id WHERE m.user_id = $1 \
+                       UNION \
+                       SELECT 'project', CAST(id AS TEXT) FROM projects WHERE owner_id = $1 \
+                     ) AS mine LIMIT $2",
+                )
+                .bind(bind_id(user))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .chain(
+                    sqlx::query_as::<_, (String, String)>(
+                        "SELECT 'generation', CAST(id AS TEXT) FROM generations \
+                         WHERE created_by = $1 ORDER BY created_at DESC LIMIT $2",
+                    )
+                    .bind(bind_id(user))
+                    .bind(limit)
+                    .fetch_all(&self.pool)
+                    .await?,
+                )
+                .collect())
+            }
+
             async fn current_revision(&self) -> Result<i64, AuthzError> {
                 let (revision,): (i64,) =
                     sqlx::query_as("SELECT COALESCE(MAX(revision), 0) FROM authz_changes")

@@ -464,3 +464,47 @@ async fn cli_adds_and_disables_users_and_makes_keys() {
     assert!(!refuse.status.success(), "never overwrites a key");
     w.server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_warms_the_cache_for_the_first_requests() {
+    let w = auth_server(Db::Postgres, |_| {}).await;
+    let warmed = "velro_authz_cache_lookups_total{tier=\"warming\",result=\"warmed\"}";
+    assert_eq!(w.server.metric(warmed).await, 0.0);
+    w.tokens(w.world.viewer).await;
+    let mut done = false;
+    for _ in 0..100 {
+        if w.server.metric(warmed).await >= 1.0 {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(done, "warming ran after the login");
+    let first = w
+        .server
+        .client
+        .clone()
+        .authorize(crate::common::fixture::authorize(
+            w.world.viewer,
+            "read",
+            "project",
+            w.world.team.project,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(first.decision(), Decision::Allow);
+    assert_eq!(
+        first.source(),
+        proto::PermissionSource::InProcessCache,
+        "the first request after login hits"
+    );
+    assert!(
+        w.server
+            .metric("velro_authz_change_log_applied_revision")
+            .await
+            > 0.0
+    );
+    assert_eq!(w.server.metric("velro_authz_redis_breaker_open").await, 0.0);
+    w.server.stop().await;
+}
