@@ -82,49 +82,35 @@ async fn replicas_follow_writes(kind: Db) {
     let a = TestServer::start(settings(&db.url)).await;
     let b = TestServer::start(settings(&db.url)).await;
     let both = [&a, &b];
-    let mut took = Vec::new();
-    took.push(
-        write_reaches_both(
-            &db,
-            &both,
+    // Each write, and a request it must turn from allow to deny.
+    let writes = [
+        (
             authorize(w.viewer, "read", "project", w.team.project),
-            &format!("DELETE FROM team_members WHERE user_id = '{}'", w.viewer),
-        )
-        .await,
-    );
-    took.push(
-        write_reaches_both(
-            &db,
-            &both,
+            format!("DELETE FROM team_members WHERE user_id = '{}'", w.viewer),
+        ),
+        (
             authorize(w.editor, "write", "generation", w.team.generation),
-            &format!(
+            format!(
                 "UPDATE projects SET visibility = 'private' WHERE id = '{}'",
                 w.team.project
             ),
-        )
-        .await,
-    );
-    took.push(
-        write_reaches_both(
-            &db,
-            &both,
+        ),
+        (
             authorize(w.outsider, "read", "media", w.public.media),
-            &format!(
+            format!(
                 "DELETE FROM generations WHERE id = '{}'",
                 w.public.generation
             ),
-        )
-        .await,
-    );
-    took.push(
-        write_reaches_both(
-            &db,
-            &both,
+        ),
+        (
             authorize(w.admin, "delete", "project", w.private.project),
-            &format!("UPDATE users SET disabled = TRUE WHERE id = '{}'", w.admin),
-        )
-        .await,
-    );
+            format!("UPDATE users SET disabled = TRUE WHERE id = '{}'", w.admin),
+        ),
+    ];
+    let mut took = Vec::new();
+    for (request, sql) in writes {
+        took.push(write_reaches_both(&db, &both, request, &sql).await);
+    }
     eprintln!("{kind:?}: writes reached both replicas after {took:?}");
     assert!(a.metric("velro_authz_invalidations_total").await >= 4.0);
     a.stop().await;
