@@ -38,6 +38,23 @@ fn model_permissions(
         .collect()
 }
 
+/// `VELRO_TEST_SEED`, or a fresh one; printed so a failure can be rerun.
+fn test_seed() -> u64 {
+    let seed = std::env::var("VELRO_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            u64::from(
+                std::time::UNIX_EPOCH
+                    .elapsed()
+                    .map(|d| d.subsec_nanos())
+                    .unwrap_or(7),
+            )
+        });
+    eprintln!("reference model seed {seed} (rerun with VELRO_TEST_SEED={seed})");
+    seed
+}
+
 struct Check {
     user: Uuid,
     action: &'static str,
@@ -112,18 +129,7 @@ fn assert_agrees(data: &Expected, c: &Check, r: &proto::AuthorizeResponse) -> bo
 }
 
 async fn agree_on_random_worlds(db: Db) {
-    let seed = std::env::var("VELRO_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            u64::from(
-                std::time::UNIX_EPOCH
-                    .elapsed()
-                    .map(|d| d.subsec_nanos())
-                    .unwrap_or(7),
-            )
-        });
-    eprintln!("reference model seed {seed} (rerun with VELRO_TEST_SEED={seed})");
+    let seed = test_seed();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (mut checked, mut allowed) = (0usize, 0usize);
     for round in 0..2 {
@@ -256,13 +262,7 @@ fn random_write(data: &mut Dataset, rng: &mut ChaCha8Rng) -> String {
 /// (cached) answers on both replicas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agrees_under_writes_with_every_tier_on() {
-    let seed = u64::from(
-        std::time::UNIX_EPOCH
-            .elapsed()
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(11),
-    );
-    eprintln!("writes seed {seed}");
+    let seed = test_seed();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let prefix = crate::common::redis::Prefix::new().await;
     let db = TestDb::create(Db::Postgres).await;
