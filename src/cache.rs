@@ -1,5 +1,8 @@
-//! The in-process cache tier: permission sets under `user:resource`, bounded
-//! in entries and time. Concurrent misses for one key run one computation.
+//! The permission-set cache under `user:resource`: the in-process tier
+//! (moka, bounded in entries and time) over the optional shared tiers
+//! (Redis, the database table) over the computation. Concurrent misses for
+//! one key make one trip down per replica; every entry is checked against
+//! the change log (`freshness`) before it is used.
 
 use std::{future::Future, sync::Arc, time::Duration};
 
@@ -187,6 +190,21 @@ impl PermissionCache {
             }
             self.sets.invalidate(&key).await;
         }
+        // The miss path is boxed: its future (shared tiers, computation,
+        // moka's insert) is large, and inline it would be built and moved
+        // on every hit too.
+        Box::pin(self.miss(key, compute)).await
+    }
+
+    async fn miss<C, F>(
+        &self,
+        key: PermissionKey,
+        compute: C,
+    ) -> Result<(PermissionSet, PermissionSource), AuthzError>
+    where
+        C: FnOnce() -> F,
+        F: Future<Output = Result<PermissionSet, AuthzError>>,
+    {
         if !self.freshness.trusted() {
             // Out of touch with the change log: nothing cached is trusted,
             // and nothing computed now is kept.

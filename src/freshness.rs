@@ -131,6 +131,9 @@ pub struct Freshness {
     /// transaction that took its revision but has not committed yet (or
     /// rolled back); past `GAP_TIMEOUT` it is taken for a rollback.
     gap_since: std::sync::Mutex<Option<Instant>>,
+    /// The newest revision any scope (or the floor) carries: a set stamped
+    /// at least this new is valid without looking at the scopes.
+    newest_scope: AtomicI64,
     gap_timeout: Duration,
     started: Instant,
     /// Milliseconds since `started` of the last successful read of the log.
@@ -150,6 +153,7 @@ impl Freshness {
             }),
             applied: AtomicI64::new(start),
             gap_since: std::sync::Mutex::new(None),
+            newest_scope: AtomicI64::new(start),
             gap_timeout: GAP_TIMEOUT,
             started: Instant::now(),
             last_sync_ms: AtomicU64::new(0),
@@ -172,6 +176,10 @@ impl Freshness {
 
     /// Whether a set stamped `revision` is still good for `key`.
     pub fn valid(&self, key: &PermissionKey, deps: Deps, revision: i64) -> bool {
+        // Fast path: nothing changed since the set was computed.
+        if revision >= self.newest_scope.load(Ordering::Acquire) {
+            return true;
+        }
         match self.scopes.read() {
             Ok(scopes) => scopes.newest(key, deps) <= revision,
             Err(_) => false,
@@ -209,6 +217,7 @@ impl Freshness {
                     target.as_deref(),
                 );
                 scopes.apply(*revision, scope);
+                self.newest_scope.fetch_max(*revision, Ordering::AcqRel);
                 if *revision == contiguous + 1 {
                     contiguous = *revision;
                 }
