@@ -482,17 +482,13 @@ async fn a_login_warms_the_cache_for_the_first_requests() {
     assert!(done, "warming ran after the login");
     let first = w
         .server
-        .client
-        .clone()
-        .authorize(crate::common::fixture::authorize(
+        .decide(crate::common::fixture::authorize(
             w.world.viewer,
             "read",
             "project",
             w.world.team.project,
         ))
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     assert_eq!(first.decision(), Decision::Allow);
     assert_eq!(
         first.source(),

@@ -60,13 +60,7 @@ async fn cold_replica_uses_the_shared_tier(tier: Tier) {
     };
     let warm = TestServer::start(with_redis()).await;
     let request = authorize(w.viewer, "read", "generation", w.team.generation);
-    let first = warm
-        .client
-        .clone()
-        .authorize(request.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let first = warm.decide(request.clone()).await;
     assert_eq!(first.source(), proto::PermissionSource::Computed);
     // The write to the shared tier happens in the background.
     for _ in 0..100 {
@@ -78,25 +72,13 @@ async fn cold_replica_uses_the_shared_tier(tier: Tier) {
     assert_eq!(stored().await, 1, "{tier:?}");
 
     let cold = TestServer::start(with_redis()).await;
-    let shared = cold
-        .client
-        .clone()
-        .authorize(request.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let shared = cold.decide(request.clone()).await;
     assert_eq!(shared.source(), shared_source, "{shared:?}");
     assert_eq!(
         (shared.decision(), &shared.permissions),
         (first.decision(), &first.permissions)
     );
-    let again = cold
-        .client
-        .clone()
-        .authorize(request.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let again = cold.decide(request.clone()).await;
     assert_eq!(again.source(), proto::PermissionSource::InProcessCache);
 
     // A write outdates the Redis entry too: a third replica must not use it.
@@ -106,13 +88,7 @@ async fn cold_replica_uses_the_shared_tier(tier: Tier) {
     ))
     .await;
     let third = TestServer::start(with_redis()).await;
-    let r = third
-        .client
-        .clone()
-        .authorize(request.clone())
-        .await
-        .unwrap()
-        .into_inner();
+    let r = third.decide(request.clone()).await;
     assert_eq!(r.decision(), proto::Decision::Deny, "{r:?}");
     assert_eq!(r.source(), proto::PermissionSource::Computed);
     for server in [warm, cold, third] {
@@ -178,13 +154,7 @@ async fn a_stalled_or_missing_redis_is_skipped() {
         for round in 0..3 {
             for (request, expected) in &cases {
                 let started = Instant::now();
-                let r = server
-                    .client
-                    .clone()
-                    .authorize(request.clone())
-                    .await
-                    .unwrap()
-                    .into_inner();
+                let r = server.decide(request.clone()).await;
                 // The Redis deadline plus the database's time, with room for a busy CI machine.
                 assert!(
                     started.elapsed() < Duration::from_millis(1_000),

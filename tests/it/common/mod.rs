@@ -189,6 +189,19 @@ impl TestServer {
         }
     }
 
+    /// Authorize over gRPC, expecting an answer (not an error).
+    pub async fn decide(
+        &self,
+        request: velro_authz::proto::AuthorizeRequest,
+    ) -> velro_authz::proto::AuthorizeResponse {
+        self.client
+            .clone()
+            .authorize(request)
+            .await
+            .unwrap_or_else(|e| panic!("Authorize failed: {e}"))
+            .into_inner()
+    }
+
     pub fn ops_addr(&self) -> std::net::SocketAddr {
         self.server
             .as_ref()
