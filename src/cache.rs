@@ -237,9 +237,4 @@ impl PermissionCache {
                 .reached(revision, AT_LEAST_AS_FRESH_WAIT)
                 .await
     }
-
-    /// Forgets every cached set.
-    pub fn clear(&self) {
-        self.sets.invalidate_all();
-    }
 }

@@ -208,7 +208,10 @@ impl Freshness {
             return;
         };
         let mut contiguous = self.applied();
-        if let Ok(mut scopes) = self.scopes.write() {
+        {
+            // A poisoned lock still holds sound data (writers never panic
+            // half-way); skipping changes here would leave stale sets trusted.
+            let mut scopes = self.scopes.write().unwrap_or_else(|p| p.into_inner());
             for (revision, scope, subject, team, target) in &rows {
                 let scope = Scope::parse(
                     scope,

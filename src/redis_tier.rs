@@ -145,7 +145,8 @@ impl RedisTier {
         }
     }
 
-    /// Runs one command within the deadline, through the breaker.
+    /// Runs one command within the deadline, through the breaker; `None`
+    /// when Redis was skipped or failed (already counted).
     async fn call<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Option<T> {
         if !self.breaker.allows() {
             self.metrics.record_tier("redis", "skipped");
@@ -177,14 +178,12 @@ impl RedisTier {
     pub async fn get(&self, key: &PermissionKey) -> Option<(PermissionSet, i64)> {
         let mut command = redis::cmd("GET");
         command.arg(self.key(key));
-        let text: Option<String> = self.call::<Option<String>>(command).await.flatten();
+        let text: Option<String> = self.call::<Option<String>>(command).await?;
+        // An entry this build cannot read counts as a miss, never an answer.
         let decoded = text.as_deref().and_then(|t| {
             let (revision, set) = t.split_once('@')?;
             Some((PermissionSet::decode(set)?, revision.parse().ok()?))
         });
-        if self.breaker.is_open() {
-            return decoded;
-        }
         self.metrics
             .record_tier("redis", if decoded.is_some() { "hit" } else { "miss" });
         decoded

@@ -63,9 +63,13 @@ pub struct Client {
 }
 
 pub fn now_unix() -> u64 {
+    now_unix_ms() / 1000
+}
+
+pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn sha256_hex(text: &str) -> String {
@@ -239,9 +243,7 @@ impl Authenticator {
         }
         let now = now_unix();
         let next = new_refresh_token();
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
+        let now_ms = now_unix_ms() as i64;
         let rotation = self
             .store
             .rotate_refresh(Rotate {

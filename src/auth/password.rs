@@ -11,7 +11,8 @@ use tokio::sync::Semaphore;
 
 use crate::error::AuthzError;
 
-/// argon2id cost parameters (OWASP's first recommendation by default).
+/// argon2id cost parameters (the settings default to OWASP's first
+/// recommendation: m = 19 MiB, t = 2, p = 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HashParams {
     pub memory_kib: u32,
@@ -20,12 +21,6 @@ pub struct HashParams {
 }
 
 impl HashParams {
-    pub const OWASP: HashParams = HashParams {
-        memory_kib: 19_456,
-        iterations: 2,
-        parallelism: 1,
-    };
-
     fn argon2(self) -> Result<Argon2<'static>, AuthzError> {
         let params = Params::new(self.memory_kib, self.iterations, self.parallelism, None)
             .map_err(|e| AuthzError::invalid(format!("argon2 parameters: {e}")))?;
@@ -60,10 +55,6 @@ impl PasswordHashing {
         let random = uuid::Uuid::new_v4().to_string();
         hashing.dummy = hashing.hash(random).await?;
         Ok(hashing)
-    }
-
-    pub fn params(&self) -> HashParams {
-        self.params
     }
 
     async fn run<T: Send + 'static>(

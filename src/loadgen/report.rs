@@ -99,12 +99,6 @@ pub struct ScenarioResult {
     pub ceiling_ratio: Option<f64>,
 }
 
-impl ScenarioResult {
-    pub fn failed(&self) -> bool {
-        self.overall.mismatches > 0
-    }
-}
-
 /// A whole run: what ran where, and every scenario.
 #[derive(Clone, Debug, Serialize)]
 pub struct RunReport {

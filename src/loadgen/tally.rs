@@ -106,8 +106,4 @@ impl Tally {
             (a, b) => a.or(b),
         };
     }
-
-    pub fn error_count(&self) -> u64 {
-        self.errors.values().sum()
-    }
 }

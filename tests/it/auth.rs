@@ -168,22 +168,14 @@ async fn rehash_on_parameter_change_and_disabling_ends_sessions() {
     .await;
     let store = w.db.store().await;
     let email = w.email(w.world.owner);
-    let before = store
-        .credentials(&email)
-        .await
-        .unwrap()
-        .unwrap()
-        .password_hash
-        .unwrap();
+    let stored_hash = || async {
+        let credentials = store.credentials(&email).await.unwrap().unwrap();
+        credentials.password_hash.unwrap()
+    };
+    let before = stored_hash().await;
     assert!(before.contains("m=1024"), "{before}");
     let tokens = w.tokens(w.world.owner).await;
-    let after = store
-        .credentials(&email)
-        .await
-        .unwrap()
-        .unwrap()
-        .password_hash
-        .unwrap();
+    let after = stored_hash().await;
     assert!(after.contains("m=2048"), "rehashed on login: {after}");
     w.login(w.world.owner, PASSWORD).await.unwrap();
 

@@ -47,17 +47,8 @@ async fn write_reaches_both(
             let r = server.client.clone().authorize(request.clone()).await;
             assert!(allowed(&r), "before the write: {r:?}");
         }
-        let r = server
-            .client
-            .clone()
-            .authorize(request.clone())
-            .await
-            .unwrap();
-        assert_eq!(
-            r.get_ref().source(),
-            proto::PermissionSource::InProcessCache,
-            "warm"
-        );
+        let r = server.decide(request.clone()).await;
+        assert_eq!(r.source(), proto::PermissionSource::InProcessCache, "warm");
     }
     db.execute(sql).await;
     let written = Instant::now();
@@ -192,25 +183,10 @@ async fn at_least_as_fresh_reflects_a_write_at_once() {
         w.viewer
     ))
     .await;
-    let revision = server
-        .client
-        .clone()
-        .get_revision(proto::GetRevisionRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .revision;
+    let revision = server.revision().await;
     assert!(revision > 0);
-    let stale = server
-        .client
-        .clone()
-        .authorize(request.clone())
-        .await
-        .unwrap();
-    assert_eq!(
-        stale.get_ref().source(),
-        proto::PermissionSource::InProcessCache
-    );
+    let stale = server.decide(request.clone()).await;
+    assert_eq!(stale.source(), proto::PermissionSource::InProcessCache);
 
     let mut fresh = request.clone();
     fresh.consistency = proto::Consistency::AtLeastAsFresh as i32;

@@ -297,14 +297,7 @@ async fn agrees_under_writes_with_every_tier_on() {
         let sql = random_write(&mut data, &mut rng);
         db.execute(&sql).await;
         let expected = Expected::new(&data);
-        let revision = b
-            .client
-            .clone()
-            .get_revision(proto::GetRevisionRequest {})
-            .await
-            .unwrap()
-            .into_inner()
-            .revision;
+        let revision = b.revision().await;
         for c in &checks {
             let mut request = fixture::authorize(c.user, c.action, c.kind, c.id);
             request.consistency = proto::Consistency::AtLeastAsFresh as i32;

@@ -202,6 +202,17 @@ impl TestServer {
             .into_inner()
     }
 
+    /// The change log's newest revision, through GetRevision.
+    pub async fn revision(&self) -> i64 {
+        self.client
+            .clone()
+            .get_revision(velro_authz::proto::GetRevisionRequest {})
+            .await
+            .unwrap_or_else(|e| panic!("GetRevision failed: {e}"))
+            .into_inner()
+            .revision
+    }
+
     pub fn ops_addr(&self) -> std::net::SocketAddr {
         self.server
             .as_ref()
