@@ -1,7 +1,8 @@
 //! Operator commands that work on the database directly (no server needed):
-//! add and disable users, revoke sessions, make signing keys.
+//! add and disable users, revoke sessions, make signing keys, sign and
+//! verify media URLs.
 
-use std::{io::BufRead, path::Path, sync::Arc};
+use std::{io::BufRead, net::IpAddr, path::Path, sync::Arc, time::Duration};
 
 use uuid::Uuid;
 
@@ -9,6 +10,7 @@ use crate::{
     auth::{keys, now_unix, password::PasswordHashing},
     config::Settings,
     error::AuthzError,
+    media_url::{SignedUrl, UrlSigner, Verified},
     store::{self, Store},
 };
 
@@ -104,4 +106,39 @@ pub fn generate_key(path: &Path) -> Result<(), AuthzError> {
         .map_err(|e| AuthzError::invalid(format!("cannot create {}: {e}", path.display())))?;
     std::io::Write::write_all(&mut file, pem.as_bytes())
         .map_err(|e| AuthzError::Internal(format!("cannot write {}: {e}", path.display())))
+}
+
+fn url_signer(settings: &Settings) -> Result<UrlSigner, AuthzError> {
+    if settings.media_urls.keys.is_empty() {
+        return Err(AuthzError::invalid(
+            "no [media_urls] keys configured: give the service's config file (--config)",
+        ));
+    }
+    UrlSigner::new(&settings.media_urls).map_err(AuthzError::invalid)
+}
+
+/// Signs a media URL as the service would for an allowed read.
+pub fn sign_media_url(
+    settings: &Settings,
+    media_id: Uuid,
+    object_key: &str,
+    ip: Option<IpAddr>,
+    lifetime: Option<Duration>,
+) -> Result<SignedUrl, AuthzError> {
+    if object_key.is_empty() {
+        return Err(AuthzError::invalid("--object-key must not be empty"));
+    }
+    Ok(url_signer(settings)?.sign(media_id, object_key, ip, now_unix() as i64, lifetime))
+}
+
+/// Verifies a media URL as the service would; a refusal is an error naming
+/// its reason.
+pub fn verify_media_url(
+    settings: &Settings,
+    url: &str,
+    ip: Option<IpAddr>,
+) -> Result<Verified, AuthzError> {
+    url_signer(settings)?
+        .verify(url, ip, now_unix() as i64)
+        .map_err(|r| AuthzError::PermissionDenied(format!("{}: {}", r.reason(), r.message())))
 }

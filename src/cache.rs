@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// A set, the revision it was computed at, and the tier that filled it.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Stamped {
     set: PermissionSet,
     revision: i64,

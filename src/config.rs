@@ -393,10 +393,31 @@ pub struct Settings {
     #[serde(default)]
     pub ext_authz: crate::ext_authz::ExtAuthzConfig,
 
+    /// Layer 4 rules: networks, countries, user agents, sessions (TOML only:
+    /// `[security_context]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub security_context: crate::layers::security_context::SecurityContextConfig,
+
+    /// Layer 6: signed media URL keys and lifetime (TOML only: `[media_urls]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub media_urls: crate::media_url::MediaUrlConfig,
+
     /// External token issuers (TOML only: `[[external_issuers]]`).
     #[arg(skip)]
     #[serde(default)]
     pub external_issuers: Vec<crate::auth::jwt::ExternalIssuer>,
+
+    /// Parent links layer 5 walks for generation inheritance; a longer
+    /// chain is a data-integrity fault (denied, alerted).
+    #[arg(
+        long,
+        env = "VELRO_MAX_CHAIN_DEPTH",
+        default_value_t = crate::layers::inheritance::DEFAULT_MAX_DEPTH,
+        global = true
+    )]
+    pub max_chain_depth: u32,
 
     /// Log filter (tracing `EnvFilter` syntax; RUST_LOG wins when set).
     #[arg(long, env = "VELRO_LOG", default_value = "info", global = true)]
@@ -416,7 +437,7 @@ impl Settings {
             toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
         let mut merged = toml::Table::try_from(&self).map_err(|e| e.to_string())?;
         for (key, value) in file {
-            // TOML-only sections (ext_authz, external_issuers) are no clap args.
+            // TOML-only sections ([ext_authz], [security_context], …) are no clap args.
             let is_arg = matches.try_contains_id(&key).is_ok();
             let given = is_arg
                 && matches!(

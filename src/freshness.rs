@@ -186,6 +186,25 @@ impl Freshness {
         }
     }
 
+    /// Whether something read at `revision` about record `id` of `user`
+    /// (a session, say) is still good: neither changed since.
+    pub fn record_valid(&self, user: Uuid, id: Uuid, revision: i64) -> bool {
+        if revision >= self.newest_scope.load(Ordering::Acquire) {
+            return true;
+        }
+        match self.scopes.read() {
+            Ok(scopes) => {
+                let newest = |map: &HashMap<Uuid, i64>, k: &Uuid| map.get(k).copied().unwrap_or(0);
+                scopes
+                    .floor
+                    .max(newest(&scopes.users, &user))
+                    .max(newest(&scopes.resources, &id))
+                    <= revision
+            }
+            Err(_) => false,
+        }
+    }
+
     /// Waits (up to `wait`) until `revision` has been applied.
     pub async fn reached(&self, revision: i64, wait: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + wait;

@@ -17,6 +17,7 @@ pub mod ext_authz;
 pub mod freshness;
 pub mod layers;
 pub mod loadgen;
+pub mod media_url;
 pub mod metrics;
 pub mod model;
 pub mod ops;

@@ -36,6 +36,9 @@ enum Command {
     /// Token signing keys.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Sign or verify a signed media URL by hand, with the `[media_urls]` keys.
+    #[command(subcommand)]
+    MediaUrl(MediaUrlCommand),
     /// Generate the reference workload into an empty database and print ids to try.
     Seed {
         /// Multiplies every count of the reference workload (1 = 10,000 users).
@@ -78,6 +81,31 @@ enum SessionCommand {
 }
 
 #[derive(Subcommand)]
+enum MediaUrlCommand {
+    /// Print a URL for a media object, signed with the current key.
+    Sign {
+        #[arg(long)]
+        media_id: uuid::Uuid,
+        #[arg(long)]
+        object_key: String,
+        /// Bind the URL to this client IP.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// Instead of `media_urls.lifetime`, e.g. 10m.
+        #[arg(long)]
+        lifetime: Option<velro_authz::config::HumanDuration>,
+    },
+    /// Check a URL (signature, key id, expiry, IP binding); exits 1 when refused.
+    Verify {
+        #[arg(long)]
+        url: String,
+        /// The client IP the URL is used from.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+    },
+}
+
+#[derive(Subcommand)]
 enum KeysCommand {
     /// Write a new Ed25519 signing key (PEM) for `signing_keys`.
     Generate {
@@ -110,6 +138,27 @@ async fn run_admin(settings: &Settings, command: Command) -> Result<(), AuthzErr
             println!(
                 "wrote a new Ed25519 signing key to {}; add it to signing_keys",
                 out.display()
+            );
+        }
+        Command::MediaUrl(MediaUrlCommand::Sign {
+            media_id,
+            object_key,
+            ip,
+            lifetime,
+        }) => {
+            let signed =
+                admin::sign_media_url(settings, media_id, &object_key, ip, lifetime.map(|l| l.0))?;
+            println!("{}", signed.url);
+            eprintln!(
+                "key {}, expires at {} (unix seconds)",
+                signed.key_id, signed.expires_at
+            );
+        }
+        Command::MediaUrl(MediaUrlCommand::Verify { url, ip }) => {
+            let verified = admin::verify_media_url(settings, &url, ip)?;
+            println!(
+                "valid: read of media {} ({}) until {} (unix seconds)",
+                verified.media_id, verified.object_key, verified.expires_at
             );
         }
         _ => {}
@@ -185,6 +234,9 @@ fn print_config(settings: &Settings) -> Result<(), AuthzError> {
     hide(&mut shown.admin_token);
     for issuer in &mut shown.external_issuers {
         hide(&mut issuer.hs256_secret);
+    }
+    for key in &mut shown.media_urls.keys {
+        key.secret = "***".into();
     }
     let text = toml::to_string(&shown)
         .map_err(|e| AuthzError::Internal(format!("cannot print settings: {e}")))?;

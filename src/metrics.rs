@@ -34,6 +34,12 @@ pub struct CacheLabels {
     pub result: &'static str,
 }
 
+/// A security alert (`kind`) or a flag raised on an allowed request (`kind`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -57,6 +63,10 @@ pub struct Metrics {
     pub applied_revision: Gauge,
     /// 1 while the Redis circuit breaker is open.
     pub redis_breaker_open: Gauge,
+    /// Security alerts by kind (data-integrity faults, threats).
+    pub security_alerts: Family<KindLabels, Counter>,
+    /// Flags raised on requests that were let through (`allow and flag`).
+    pub flags: Family<KindLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -123,7 +133,23 @@ impl Metrics {
             "Change-log entries (writes to relationship tables) applied by this replica",
             invalidations.clone(),
         );
+        let (security_alerts, flags) = (
+            Family::<KindLabels, Counter>::default(),
+            Family::<KindLabels, Counter>::default(),
+        );
+        registry.register(
+            "security_alerts",
+            "Security alerts by kind (e.g. generation_chain_cycle)",
+            security_alerts.clone(),
+        );
+        registry.register(
+            "request_flags",
+            "Flags raised on requests a policy let through (e.g. session_network_changed)",
+            flags.clone(),
+        );
         Metrics {
+            security_alerts,
+            flags,
             seen_revision,
             applied_revision,
             redis_breaker_open,
@@ -154,6 +180,16 @@ impl Metrics {
                 reason,
             })
             .inc();
+    }
+
+    pub fn record_security_alert(&self, kind: &'static str) {
+        self.security_alerts
+            .get_or_create(&KindLabels { kind })
+            .inc();
+    }
+
+    pub fn record_flag(&self, kind: &'static str) {
+        self.flags.get_or_create(&KindLabels { kind }).inc();
     }
 
     /// One lookup in a tier: `hit`, `miss`, `error` (deadline or failure) or

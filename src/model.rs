@@ -218,6 +218,8 @@ pub struct RequestFacts {
     pub user_agent: String,
     pub session_id: String,
     pub request_id: String,
+    /// A signed media URL presented as the credential (layer 6).
+    pub signed_url: String,
 }
 
 /// One validated check.

@@ -25,6 +25,8 @@ use crate::{
     error::AuthzError,
     ext_authz::ExtAuthzService,
     freshness::{self, Freshness},
+    layers::security_context::SecurityContext,
+    media_url::UrlSigner,
     metrics::Metrics,
     ops::{self, Readiness},
     proto::{self, authorization_service_server::AuthorizationServiceServer},
@@ -113,12 +115,23 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         });
     }
     let cache = Arc::new(cache);
+    let security = SecurityContext::new(
+        &settings.security_context,
+        store.clone(),
+        freshness.clone(),
+        cache.clone(),
+    )
+    .map_err(AuthzError::invalid)?;
+    let media_urls = UrlSigner::new(&settings.media_urls).map_err(AuthzError::invalid)?;
     let engine = Arc::new(Engine::new(
         layer_stack(StackParts {
             cache: cache.clone(),
+            security: Arc::new(security),
+            media_urls: Arc::new(media_urls),
         }),
         store.clone(),
         metrics.clone(),
+        settings.max_chain_depth,
     ));
 
     let auth = auth::setup::authenticator(settings, store.clone()).await?;

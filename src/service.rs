@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use crate::{
     auth::Authenticator,
     auth_service,
-    engine::{Decision, Engine, permissions::PermissionSource},
+    engine::{Decision, Engine, layer::Obligation, permissions::PermissionSource},
     error::AuthzError,
     metrics::Metrics,
     proto::{self, authorization_service_server::AuthorizationService},
@@ -200,6 +200,19 @@ impl From<Decision> for proto::AuthorizeResponse {
             permissions: d.permissions.names(),
             source: source as i32,
             decision_id: d.decision_id.to_string(),
+            // One obligation kind exists: a signed media URL.
+            signed_url: d.obligations.into_iter().next().map(|o| match o {
+                Obligation::SignedMediaUrl {
+                    url,
+                    expires_at,
+                    key_id,
+                } => proto::SignedMediaUrl {
+                    url,
+                    expires_at,
+                    key_id,
+                },
+            }),
+            flags: d.flags.iter().map(|f| (*f).to_owned()).collect(),
         }
     }
 }

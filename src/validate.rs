@@ -88,6 +88,9 @@ pub fn consistency(value: i32, at_least_revision: i64) -> Result<Consistency, Au
     }
 }
 
+/// Longest signed media URL accepted.
+const MAX_SIGNED_URL_BYTES: usize = 4096;
+
 pub fn context(value: Option<&proto::RequestContext>) -> Result<RequestFacts, AuthzError> {
     let Some(ctx) = value else {
         return Ok(RequestFacts::default());
@@ -121,6 +124,8 @@ pub fn context(value: Option<&proto::RequestContext>) -> Result<RequestFacts, Au
             .to_owned(),
         session_id: bounded("context.session_id", &ctx.session_id, MAX_ID_BYTES)?.to_owned(),
         request_id: bounded("context.request_id", &ctx.request_id, MAX_ID_BYTES)?.to_owned(),
+        signed_url: bounded("context.signed_url", &ctx.signed_url, MAX_SIGNED_URL_BYTES)?
+            .to_owned(),
     })
 }
 

@@ -36,6 +36,6 @@ impl BatchMemo {
                 .map_err(|_| AuthzError::Internal("batch memo lock poisoned".into()))?;
             sets.entry(key).or_default().clone()
         };
-        cell.get_or_try_init(|| resolve).await.copied()
+        cell.get_or_try_init(|| resolve).await.cloned()
     }
 }

@@ -54,6 +54,18 @@ pub enum Check<'a> {
     Later(BoxFuture<'a, Result<Step, AuthzError>>),
 }
 
+/// Something the caller must do with an allow (XACML's and Cedar's
+/// obligations): attached by a layer after the decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Obligation {
+    /// Fetch the media object through this signed URL.
+    SignedMediaUrl {
+        url: String,
+        expires_at: i64,
+        key_id: String,
+    },
+}
+
 /// Everything a layer may look at while one query is evaluated.
 pub struct Context<'a> {
     pub query: Query,
@@ -66,6 +78,9 @@ pub struct Context<'a> {
     /// Set by the cache layer; read by the relationship layers.
     pub permissions: Option<PermissionSet>,
     pub source: PermissionSource,
+    /// Raised by guards that let a request through but want it noticed
+    /// (reported with the decision and, later, audited).
+    pub flags: Vec<&'static str>,
 }
 
 pub trait Layer: Send + Sync {
@@ -80,6 +95,17 @@ pub trait Layer: Send + Sync {
     /// The layer's answer for one query. By default a relationship layer
     /// allows exactly when the permission set says it granted the action.
     fn check<'a>(&'a self, ctx: &'a mut Context<'_>) -> Check<'a> {
+        self.grant_check(ctx)
+    }
+
+    /// What the layer asks of the caller when the request was allowed (by
+    /// any layer). Runs once per allow; most layers ask nothing.
+    fn obligation(&self, _ctx: &Context<'_>) -> Option<Obligation> {
+        None
+    }
+
+    /// The relationship check: allow when this layer granted the action.
+    fn grant_check<'a>(&'a self, ctx: &'a mut Context<'_>) -> Check<'a> {
         let me = self.id();
         let step = match &ctx.permissions {
             Some(set) if set.granted_by(ctx.query.action) == Some(me) => Step::Decide(Verdict {

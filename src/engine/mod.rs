@@ -18,7 +18,7 @@ use crate::{
     store::Store,
 };
 use batch::BatchMemo;
-use layer::{Check, Context, DEFAULT_DENY, Layer, LayerId, Step, Verdict};
+use layer::{Check, Context, DEFAULT_DENY, Layer, LayerId, Obligation, Step, Verdict};
 use permissions::{Absence, PermissionSource, Resolver};
 
 /// The outcome of one query, with its explanation.
@@ -29,6 +29,11 @@ pub struct Decision {
     pub permissions: Permissions,
     pub source: PermissionSource,
     pub decision_id: Uuid,
+    /// Raised by guards that let the request through (e.g. a session seen
+    /// from a new network under the `flag` policy).
+    pub flags: Vec<&'static str>,
+    /// What the caller must do with an allow (e.g. use a signed media URL).
+    pub obligations: Vec<Obligation>,
 }
 
 /// How many items of one batch are evaluated at once.
@@ -53,8 +58,13 @@ impl Engine {
         self.resolver.store()
     }
 
-    pub fn new(layers: Vec<Arc<dyn Layer>>, store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Self {
-        let resolver = Resolver::new(store, layers.clone(), metrics.clone());
+    pub fn new(
+        layers: Vec<Arc<dyn Layer>>,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        max_chain_depth: u32,
+    ) -> Self {
+        let resolver = Resolver::new(store, layers.clone(), metrics.clone(), max_chain_depth);
         Engine {
             layers,
             resolver,
@@ -111,6 +121,7 @@ impl Engine {
             batch,
             permissions: None,
             source: PermissionSource::None,
+            flags: Vec::new(),
         };
         for layer in &self.layers {
             let step = match layer.check(&mut ctx) {
@@ -118,22 +129,40 @@ impl Engine {
                 Check::Later(step) => step.await?,
             };
             if let Step::Decide(verdict) = step {
-                return Ok(self.finish(&ctx, layer.id(), verdict));
+                let decided_by = layer.id();
+                return Ok(self.finish(ctx, decided_by, verdict));
             }
         }
         let verdict = default_deny(&ctx);
-        Ok(self.finish(&ctx, DEFAULT_DENY, verdict))
+        Ok(self.finish(ctx, DEFAULT_DENY, verdict))
     }
 
-    fn finish(&self, ctx: &Context<'_>, decided_by: LayerId, verdict: Verdict) -> Decision {
+    fn finish(&self, ctx: Context<'_>, decided_by: LayerId, verdict: Verdict) -> Decision {
         self.metrics
             .record_decision(verdict.allow, decided_by.name, verdict.reason);
+        let obligations = if verdict.allow {
+            self.layers
+                .iter()
+                .filter_map(|layer| layer.obligation(&ctx))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        for flag in &ctx.flags {
+            self.metrics.record_flag(flag);
+        }
         Decision {
             verdict,
             decided_by,
-            permissions: ctx.permissions.map(|p| p.permissions()).unwrap_or_default(),
+            permissions: ctx
+                .permissions
+                .as_ref()
+                .map(|p| p.permissions())
+                .unwrap_or_default(),
             source: ctx.source,
             decision_id: Uuid::now_v7(),
+            flags: ctx.flags,
+            obligations,
         }
     }
 }
@@ -150,7 +179,7 @@ fn default_deny(ctx: &Context<'_>) -> Verdict {
         reason,
         message,
     };
-    let Some(set) = ctx.permissions else {
+    let Some(set) = &ctx.permissions else {
         return deny(
             "NO_RELATIONSHIP",
             format!("no layer granted {action} on {resource} to {subject}"),
@@ -163,6 +192,11 @@ fn default_deny(ctx: &Context<'_>) -> Verdict {
         Some(Absence::SubjectDisabled) => deny(
             "SUBJECT_DISABLED",
             format!("user {subject} is disabled and holds no permissions"),
+        ),
+        // Decided by the inheritance layer; reached only without it.
+        Some(Absence::ChainCycle | Absence::ChainTooDeep) => deny(
+            "DATA_INTEGRITY_FAULT",
+            format!("{resource} has a broken parent chain"),
         ),
         None if set.permissions().is_empty() => deny(
             "NO_RELATIONSHIP",

@@ -15,7 +15,7 @@ use crate::{
     freshness::Deps,
     metrics::Metrics,
     model::{Action, PermissionKey, Permissions},
-    store::{Facts, Store},
+    store::{Chain, Facts, Store},
 };
 
 /// Where a permission set came from, as reported to the caller.
@@ -46,16 +46,45 @@ impl PermissionSource {
 pub enum Absence {
     ResourceNotFound,
     SubjectDisabled,
+    /// The generation's parent chain loops: a data-integrity fault.
+    ChainCycle,
+    /// The parent chain is longer than the depth limit: a data-integrity fault.
+    ChainTooDeep,
+}
+
+impl Absence {
+    const CODES: [(Absence, &'static str); 4] = [
+        (Absence::ResourceNotFound, "nf"),
+        (Absence::SubjectDisabled, "sd"),
+        (Absence::ChainCycle, "cy"),
+        (Absence::ChainTooDeep, "td"),
+    ];
+
+    fn code(self) -> &'static str {
+        Absence::CODES
+            .iter()
+            .find(|(a, _)| *a == self)
+            .map_or("-", |(_, c)| c)
+    }
+
+    fn from_code(code: &str) -> Option<Absence> {
+        Absence::CODES
+            .iter()
+            .find(|(_, c)| *c == code)
+            .map(|(a, _)| *a)
+    }
 }
 
 /// A computed permission set, as cached under `user:resource`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PermissionSet {
     /// For each action (by `Action::index`), the first layer that granted it.
     granted: [Option<LayerId>; 4],
     absence: Option<Absence>,
     /// The project and team the answer was drawn from (for invalidation).
     deps: Deps,
+    /// A media object's storage key (for the signed URL of an allowed read).
+    object_key: Option<Arc<str>>,
 }
 
 impl PermissionSet {
@@ -64,7 +93,12 @@ impl PermissionSet {
             granted: [None; 4],
             absence: Some(why),
             deps: Deps::default(),
+            object_key: None,
         }
+    }
+
+    pub fn object_key(&self) -> Option<&str> {
+        self.object_key.as_deref()
     }
 
     pub fn deps(&self) -> Deps {
@@ -88,21 +122,24 @@ impl PermissionSet {
     }
 
     /// A compact text form for shared cache tiers:
-    /// `granting layer positions (0: none) | absence | project | team`.
+    /// `granting layer positions (0: none) | absence | project | team |
+    /// object key` (the key last: it may hold `|`).
     pub fn encode(&self) -> String {
         let layers: Vec<String> = self
             .granted
             .iter()
             .map(|g| g.map_or(0, |l| l.position).to_string())
             .collect();
-        let absence = match self.absence {
-            None => "-",
-            Some(Absence::ResourceNotFound) => "nf",
-            Some(Absence::SubjectDisabled) => "sd",
-        };
+        let absence = self.absence.map_or("-", Absence::code);
         let id = |u: Option<Uuid>| u.map_or_else(|| "-".to_owned(), |u| u.to_string());
+        // An object key is stored with a leading `=` so that "none" (`-`)
+        // and a key spelled `-` stay apart.
+        let object_key = self
+            .object_key
+            .as_deref()
+            .map_or_else(|| "-".to_owned(), |k| format!("={k}"));
         format!(
-            "{}|{absence}|{}|{}",
+            "{}|{absence}|{}|{}|{object_key}",
             layers.join(","),
             id(self.deps.project),
             id(self.deps.team)
@@ -112,13 +149,11 @@ impl PermissionSet {
     /// The inverse of `encode`; `None` for anything malformed (a cache
     /// entry that cannot be read is a miss, never an answer).
     pub fn decode(text: &str) -> Option<PermissionSet> {
-        let mut parts = text.split('|');
+        let mut parts = text.splitn(5, '|');
         let layers = parts.next()?;
         let absence = match parts.next()? {
             "-" => None,
-            "nf" => Some(Absence::ResourceNotFound),
-            "sd" => Some(Absence::SubjectDisabled),
-            _ => return None,
+            code => Some(Absence::from_code(code)?),
         };
         let id = |t: &str| match t {
             "-" => Some(None),
@@ -128,9 +163,13 @@ impl PermissionSet {
             project: id(parts.next()?)?,
             team: id(parts.next()?)?,
         };
+        let object_key = match parts.next()? {
+            "-" => None,
+            key => Some(Arc::from(key.strip_prefix('=')?)),
+        };
         let mut granted = [None; 4];
         let positions: Vec<&str> = layers.split(',').collect();
-        if positions.len() != 4 || parts.next().is_some() {
+        if positions.len() != 4 {
             return None;
         }
         for (slot, position) in granted.iter_mut().zip(positions) {
@@ -147,6 +186,7 @@ impl PermissionSet {
             granted,
             absence,
             deps,
+            object_key,
         })
     }
 
@@ -156,6 +196,7 @@ impl PermissionSet {
             Some("ownership") => "OWNER",
             Some("team") => "TEAM_ROLE",
             Some("visibility") => "PUBLIC_VISIBILITY",
+            Some("generation_inheritance") => "INHERITED_FROM_ANCESTOR",
             _ => "GRANTED",
         }
     }
@@ -167,14 +208,22 @@ pub struct Resolver {
     store: Arc<dyn Store>,
     layers: Vec<Arc<dyn Layer>>,
     metrics: Arc<Metrics>,
+    /// Parent links walked for generation inheritance.
+    max_chain_depth: u32,
 }
 
 impl Resolver {
-    pub fn new(store: Arc<dyn Store>, layers: Vec<Arc<dyn Layer>>, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        layers: Vec<Arc<dyn Layer>>,
+        metrics: Arc<Metrics>,
+        max_chain_depth: u32,
+    ) -> Self {
         Resolver {
             store,
             layers,
             metrics,
+            max_chain_depth,
         }
     }
 
@@ -187,9 +236,24 @@ impl Resolver {
         self.metrics.permission_computations.inc();
         let facts = self
             .store
-            .permission_facts(key.subject, key.resource)
+            .permission_facts(key.subject, key.resource, self.max_chain_depth)
             .await?;
-        Ok(self.evaluate(facts.as_ref()))
+        let set = self.evaluate(facts.as_ref());
+        if let Some(fault @ (Absence::ChainCycle | Absence::ChainTooDeep)) = set.absence {
+            let kind = match fault {
+                Absence::ChainCycle => "generation_chain_cycle",
+                _ => "generation_chain_too_deep",
+            };
+            self.metrics.record_security_alert(kind);
+            tracing::error!(
+                alert = kind,
+                resource = %key.resource,
+                max_depth = self.max_chain_depth,
+                "security alert: data-integrity fault in a generation's parent chain; \
+                 every request on it is denied until the data is repaired"
+            );
+        }
+        Ok(set)
     }
 
     /// What the layers grant given the facts (`None`: resource not found).
@@ -201,10 +265,17 @@ impl Resolver {
             project: Some(facts.project_id),
             team: facts.team_id,
         };
-        if facts.subject_disabled {
+        let object_key: Option<Arc<str>> = facts.object_key.as_deref().map(Arc::from);
+        let fault = match facts.chain {
+            Chain::Sound => None,
+            Chain::Cycle => Some(Absence::ChainCycle),
+            Chain::TooDeep => Some(Absence::ChainTooDeep),
+        };
+        if let Some(why) = fault.or(facts.subject_disabled.then_some(Absence::SubjectDisabled)) {
             return PermissionSet {
                 deps,
-                ..PermissionSet::absent(Absence::SubjectDisabled)
+                object_key,
+                ..PermissionSet::absent(why)
             };
         }
         let mut granted = [None; 4];
@@ -217,6 +288,7 @@ impl Resolver {
             granted,
             absence: None,
             deps,
+            object_key,
         }
     }
 }

@@ -11,7 +11,12 @@ use std::sync::Arc;
 use crate::{
     cache::PermissionCache,
     engine::layer::Layer,
-    layers::{cache::CacheLayer, ownership::Ownership, team::TeamAccess, visibility::Visibility},
+    layers::{
+        cache::CacheLayer, inheritance::GenerationInheritance, media_access::MediaAccess,
+        ownership::Ownership, security_context::SecurityContext, team::TeamAccess,
+        visibility::Visibility,
+    },
+    media_url::UrlSigner,
 };
 
 /// The ten positions of the finished design, in evaluation order.
@@ -31,6 +36,8 @@ pub const DESIGN_ORDER: [(u8, &str); 10] = [
 /// What the layers are built from.
 pub struct StackParts {
     pub cache: Arc<PermissionCache>,
+    pub security: Arc<SecurityContext>,
+    pub media_urls: Arc<UrlSigner>,
 }
 
 /// The stack, in evaluation order. Positions not built yet are named so the
@@ -39,13 +46,13 @@ pub fn layer_stack(parts: StackParts) -> Vec<Arc<dyn Layer>> {
     vec![
         // 10 rate limiting: not built yet.
         // 9 emergency and recovery: not built yet.
-        // 4 security context: not built yet.
+        parts.security,
         Arc::new(CacheLayer::new(parts.cache)),
         Arc::new(Ownership),
         Arc::new(TeamAccess),
         Arc::new(Visibility),
-        // 5 generation inheritance: not built yet (generations take their project's grants).
-        // 6 media access: not built yet (media take their project's grants).
+        Arc::new(GenerationInheritance),
+        Arc::new(MediaAccess::new(parts.media_urls)),
         // 8 audit: not built yet.
     ]
 }
@@ -53,26 +60,49 @@ pub fn layer_stack(parts: StackParts) -> Vec<Arc<dyn Layer>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
+    use crate::{
+        freshness::Freshness,
+        layers::security_context::SecurityContextConfig,
+        media_url::MediaUrlConfig,
+        metrics::Metrics,
+        store::{self, PoolConfig},
+    };
+    use std::time::Duration;
 
-    #[test]
-    fn built_layers_follow_the_design_order() {
+    #[tokio::test]
+    async fn built_layers_follow_the_design_order() {
         let metrics = Arc::new(Metrics::new());
-        let freshness = Arc::new(crate::freshness::Freshness::new(
-            0,
-            std::time::Duration::from_secs(1),
-            metrics.clone(),
-        ));
+        let freshness = Arc::new(Freshness::new(0, Duration::from_secs(1), metrics.clone()));
         let cache = Arc::new(PermissionCache::new(
             16,
-            std::time::Duration::from_secs(1),
-            freshness,
+            Duration::from_secs(1),
+            freshness.clone(),
             metrics,
         ));
-        let built: Vec<(u8, &str)> = layer_stack(StackParts { cache })
-            .iter()
-            .map(|l| (l.id().position, l.id().name))
-            .collect();
+        let pool = PoolConfig {
+            max_connections: 1,
+            acquire_timeout: Duration::from_secs(1),
+        };
+        let store = store::connect("sqlite::memory:", &pool)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let security = SecurityContext::new(
+            &SecurityContextConfig::default(),
+            store,
+            freshness,
+            cache.clone(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let media_urls =
+            UrlSigner::new(&MediaUrlConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+        let built: Vec<(u8, &str)> = layer_stack(StackParts {
+            cache,
+            security: Arc::new(security),
+            media_urls: Arc::new(media_urls),
+        })
+        .iter()
+        .map(|l| (l.id().position, l.id().name))
+        .collect();
         let mut design = DESIGN_ORDER.iter();
         for layer in &built {
             assert!(
@@ -80,5 +110,6 @@ mod tests {
                 "layer {layer:?} is out of the design order {DESIGN_ORDER:?}"
             );
         }
+        assert_eq!(built.len(), 7, "{built:?}");
     }
 }

@@ -232,6 +232,8 @@ impl ExtAuthzService {
                 .chars()
                 .take(128)
                 .collect(),
+            // Gateways present signed media URLs in a later step.
+            signed_url: String::new(),
         };
         let query = Query {
             // No credentials: decided as an anonymous subject (public read only).

@@ -35,7 +35,13 @@ fn hex(b: u8) -> Option<u8> {
 /// Percent-decodes one segment; an encoded `/`, `\` or NUL is refused, since
 /// it would let a segment pose as several.
 fn decode_segment(segment: &str) -> Result<String, BadPath> {
-    let bytes = segment.as_bytes();
+    percent_decode(segment, b"/\\\0")
+}
+
+/// Percent-decodes `text` strictly (a bad escape or non-UTF-8 is an error);
+/// an encoded byte listed in `refused` is an error too.
+pub fn percent_decode(text: &str, refused: &[u8]) -> Result<String, BadPath> {
+    let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -47,7 +53,7 @@ fn decode_segment(segment: &str) -> Result<String, BadPath> {
                 return Err(BadPath("malformed percent-encoding"));
             };
             let byte = h * 16 + l;
-            if matches!(byte, b'/' | b'\\' | 0) {
+            if refused.contains(&byte) {
                 return Err(BadPath("an encoded slash, backslash or NUL"));
             }
             out.push(byte);

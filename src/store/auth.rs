@@ -22,6 +22,11 @@ pub struct SessionState {
     pub email: String,
     pub user_disabled: bool,
     pub revoked: bool,
+    /// Where the session started (unix seconds, client IP, user agent as
+    /// given at login; empty when unknown).
+    pub created_at: i64,
+    pub client_ip: String,
+    pub user_agent: String,
 }
 
 /// A new session and its first refresh token.
@@ -261,21 +266,28 @@ macro_rules! auth_store {
                 &self,
                 session: Uuid,
             ) -> Result<Option<$crate::store::auth::SessionState>, AuthzError> {
-                let row: Option<(String, String, bool, bool)> = sqlx::query_as(
-                    "SELECT CAST(s.user_id AS TEXT), u.email, u.disabled, s.revoked_at IS NOT NULL \
+                type Row = (String, String, bool, bool, i64, String, String);
+                let row: Option<Row> = sqlx::query_as(
+                    "SELECT CAST(s.user_id AS TEXT), u.email, u.disabled, s.revoked_at IS NOT NULL, \
+                     s.created_at, s.client_ip, s.user_agent \
                      FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
                 )
                 .bind(($bind_id)(session))
                 .fetch_optional(&self.pool)
                 .await?;
-                row.map(|(user, email, user_disabled, revoked)| {
-                    Ok($crate::store::auth::SessionState {
-                        user_id: $crate::store::auth::parse_id(&user)?,
-                        email,
-                        user_disabled,
-                        revoked,
-                    })
-                })
+                row.map(
+                    |(user, email, user_disabled, revoked, created_at, client_ip, user_agent)| {
+                        Ok($crate::store::auth::SessionState {
+                            user_id: $crate::store::auth::parse_id(&user)?,
+                            email,
+                            user_disabled,
+                            revoked,
+                            created_at,
+                            client_ip,
+                            user_agent,
+                        })
+                    },
+                )
                 .transpose()
             }
 

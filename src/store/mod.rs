@@ -27,7 +27,7 @@ pub enum Backend {
 
 /// What the relationship layers need to know about one subject and one
 /// resource, fetched in one round trip.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Facts {
     /// The resource's project and its team: what a cached answer depends on.
     pub project_id: Uuid,
@@ -41,6 +41,25 @@ pub struct Facts {
     pub team_role: Option<TeamRole>,
     pub subject_known: bool,
     pub subject_disabled: bool,
+    /// The subject created an ancestor of the generation (or of the media
+    /// object's generation) within the same project and the depth limit.
+    pub created_an_ancestor: bool,
+    /// What the walk up the parent chain found.
+    pub chain: Chain,
+    /// The media object's storage key (media only), for signed URLs.
+    pub object_key: Option<String>,
+}
+
+/// The state of a generation's parent chain (within its project).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Chain {
+    /// No parent, or ancestors within the depth limit.
+    #[default]
+    Sound,
+    /// A generation is its own ancestor.
+    Cycle,
+    /// More ancestors than the depth limit allows.
+    TooDeep,
 }
 
 /// One row of `authz_changes`: revision, scope, subject, team, target.
@@ -53,12 +72,13 @@ pub trait Store: auth::AuthStore + Send + Sync {
     /// Applies the migrations of this backend's dialect.
     async fn migrate(&self) -> Result<(), AuthzError>;
 
-    /// The facts for `subject` on `resource`; `None` when the resource does
-    /// not exist.
+    /// The facts for `subject` on `resource`, walking at most `max_depth`
+    /// parent links; `None` when the resource does not exist.
     async fn permission_facts(
         &self,
         subject: Uuid,
         resource: ResourceRef,
+        max_depth: u32,
     ) -> Result<Option<Facts>, AuthzError>;
 
     /// Entries of the change log after `after`, oldest first.

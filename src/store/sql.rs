@@ -5,22 +5,25 @@
 use sqlx::{FromRow, QueryBuilder};
 use uuid::Uuid;
 
-use super::{Backend, Facts, Store};
+use super::{Backend, Chain, Facts, Store};
 use crate::{
     error::AuthzError,
     model::{ResourceKind, ResourceRef, TeamRole, Visibility},
     workload::Dataset,
 };
 
-/// Columns every facts query returns; `$1` is the subject, `$2` the resource.
+/// Columns every facts query returns; `$1` is the subject, `$2` the
+/// resource, `$3` (generations and media) the parent-chain depth limit.
 macro_rules! facts_query {
-    ($from:literal, $where:literal) => {
+    ($with:expr, $chain:expr, $from:literal, $where:literal) => {
         concat!(
+            $with,
             "SELECT p.owner_id = $1 AS is_project_owner, ",
             "COALESCE(g.created_by = $1, p.owner_id = $1) AS is_creator, ",
             "p.visibility AS visibility, m.role AS team_role, ",
             "u.id IS NOT NULL AS subject_known, COALESCE(u.disabled, FALSE) AS subject_disabled, ",
-            "CAST(p.id AS TEXT) AS project_id, CAST(p.team_id AS TEXT) AS team_id ",
+            "CAST(p.id AS TEXT) AS project_id, CAST(p.team_id AS TEXT) AS team_id, ",
+            $chain,
             $from,
             " LEFT JOIN team_members m ON m.team_id = p.team_id AND m.user_id = $1",
             " LEFT JOIN users u ON u.id = $1 WHERE ",
@@ -29,20 +32,59 @@ macro_rules! facts_query {
     };
 }
 
+/// The parent chain of the generation `$start`, within its project, down to
+/// one link past the limit (so an over-deep chain shows) and bounded even
+/// when the data holds a cycle.
+macro_rules! chain_cte {
+    ($start:literal) => {
+        concat!(
+            "WITH RECURSIVE chain (id, parent_id, project_id, created_by, depth) AS (",
+            " SELECT id, parent_id, project_id, created_by, 0 FROM generations WHERE id = ",
+            $start,
+            " UNION ALL",
+            " SELECT a.id, a.parent_id, a.project_id, a.created_by, c.depth + 1 FROM chain c",
+            " JOIN generations a ON a.id = c.parent_id AND a.project_id = c.project_id",
+            " WHERE c.depth <= $3) "
+        )
+    };
+}
+
+/// What the chain says: whether the subject made an ancestor, repeated ids
+/// (a cycle) and the deepest link found.
+macro_rules! chain_columns {
+    () => {
+        concat!(
+            "EXISTS (SELECT 1 FROM chain WHERE depth BETWEEN 1 AND $3 AND created_by = $1) ",
+            "AS created_an_ancestor, ",
+            "CAST((SELECT COUNT(*) - COUNT(DISTINCT id) FROM chain) AS BIGINT) AS chain_repeats, ",
+            "CAST((SELECT COALESCE(MAX(depth), 0) FROM chain) AS BIGINT) AS chain_depth, "
+        )
+    };
+}
+
 /// One round trip per kind: the resource, its project, the subject's team
-/// role on it and the subject's status, all by primary key.
+/// role on it, the subject's status and the parent chain, all by key.
 fn facts_sql(kind: ResourceKind) -> &'static str {
     match kind {
         ResourceKind::Project => facts_query!(
+            "",
+            concat!(
+                "FALSE AS created_an_ancestor, CAST(0 AS BIGINT) AS chain_repeats, ",
+                "CAST(0 AS BIGINT) AS chain_depth, NULL AS object_key "
+            ),
             // Never matches, through the primary key: `ON FALSE` made SQLite scan.
             "FROM projects p LEFT JOIN generations g ON g.id = p.id AND 1 = 0",
             "p.id = $2"
         ),
         ResourceKind::Generation => facts_query!(
+            chain_cte!("$2"),
+            concat!(chain_columns!(), "NULL AS object_key "),
             "FROM generations g JOIN projects p ON p.id = g.project_id",
             "g.id = $2"
         ),
         ResourceKind::Media => facts_query!(
+            chain_cte!("(SELECT generation_id FROM media WHERE id = $2)"),
+            concat!(chain_columns!(), "md.object_key AS object_key "),
             "FROM media md JOIN generations g ON g.id = md.generation_id JOIN projects p ON p.id = g.project_id",
             "md.id = $2"
         ),
@@ -59,10 +101,14 @@ struct FactsRow {
     subject_disabled: bool,
     project_id: String,
     team_id: Option<String>,
+    created_an_ancestor: bool,
+    chain_repeats: i64,
+    chain_depth: i64,
+    object_key: Option<String>,
 }
 
 impl FactsRow {
-    fn into_facts(self) -> Result<Facts, AuthzError> {
+    fn into_facts(self, max_depth: u32) -> Result<Facts, AuthzError> {
         let visibility = Visibility::parse(&self.visibility).ok_or_else(|| {
             AuthzError::Internal(format!(
                 "stored visibility {:?} is unknown",
@@ -88,6 +134,15 @@ impl FactsRow {
             team_role,
             subject_known: self.subject_known,
             subject_disabled: self.subject_disabled,
+            created_an_ancestor: self.created_an_ancestor,
+            chain: if self.chain_repeats > 0 {
+                Chain::Cycle
+            } else if self.chain_depth > i64::from(max_depth) {
+                Chain::TooDeep
+            } else {
+                Chain::Sound
+            },
+            object_key: self.object_key,
         })
     }
 }
@@ -128,14 +183,17 @@ macro_rules! sql_store {
                 &self,
                 subject: Uuid,
                 resource: ResourceRef,
+                max_depth: u32,
             ) -> Result<Option<Facts>, AuthzError> {
                 let bind_id = $bind_id;
-                let row: Option<FactsRow> = sqlx::query_as(facts_sql(resource.kind))
+                let mut query = sqlx::query_as(facts_sql(resource.kind))
                     .bind(bind_id(subject))
-                    .bind(bind_id(resource.id))
-                    .fetch_optional(&self.pool)
-                    .await?;
-                row.map(FactsRow::into_facts).transpose()
+                    .bind(bind_id(resource.id));
+                if resource.kind != ResourceKind::Project {
+                    query = query.bind(i64::from(max_depth));
+                }
+                let row: Option<FactsRow> = query.fetch_optional(&self.pool).await?;
+                row.map(|row| row.into_facts(max_depth)).transpose()
             }
 
             async fn changes_since(
