@@ -69,28 +69,38 @@ fn random_checks(data: &Dataset, rng: &mut ChaCha8Rng, n: usize) -> Vec<Check> {
             let kind = *["project", "generation", "media"]
                 .choose(rng)
                 .unwrap_or(&"project");
-            let (id, project_id) = match kind {
+            let (id, project_id, generation) = match kind {
                 "project" => {
                     let p = &data.projects[rng.random_range(0..data.projects.len())];
-                    (p.id, p.id)
+                    (p.id, p.id, None)
                 }
                 "generation" => {
                     let g = &data.generations[rng.random_range(0..data.generations.len())];
-                    (g.id, g.project_id)
+                    (g.id, g.project_id, Some(g))
                 }
                 _ => {
                     let i = rng.random_range(0..data.media.len());
-                    (data.media[i].id, data.generations[i].project_id)
+                    let g = data
+                        .generations
+                        .iter()
+                        .find(|g| g.id == data.media[i].generation_id);
+                    (data.media[i].id, g.map_or(Uuid::nil(), |g| g.project_id), g)
                 }
             };
+            // The creator of the parent generation: inherits (layer 5).
+            let ancestor_creator = generation
+                .and_then(|g| g.parent_id)
+                .and_then(|p| data.generations.iter().find(|g| g.id == p))
+                .map(|g| g.created_by);
             let id = if rng.random_bool(0.05) {
                 Uuid::new_v4()
             } else {
                 id
             };
             let project = data.projects.iter().find(|p| p.id == project_id);
-            let user = match rng.random_range(0..10) {
+            let user = match rng.random_range(0..11) {
                 0 => Uuid::new_v4(),
+                10 => ancestor_creator.unwrap_or(data.users[0].id),
                 1..=5 => {
                     let team = project.and_then(|p| p.team_id);
                     let members: Vec<Uuid> = data
@@ -114,6 +124,7 @@ fn random_checks(data: &Dataset, rng: &mut ChaCha8Rng, n: usize) -> Vec<Check> {
         .collect()
 }
 
+/// Checks one answer against the model; true when it allowed.
 fn assert_agrees(data: &Expected, c: &Check, r: &proto::AuthorizeResponse) -> bool {
     let expected = model_permissions(data, c.user, c.kind, c.id);
     let got: BTreeSet<&str> = r.permissions.iter().map(String::as_str).collect();
@@ -131,7 +142,7 @@ fn assert_agrees(data: &Expected, c: &Check, r: &proto::AuthorizeResponse) -> bo
 async fn agree_on_random_worlds(db: Db) {
     let seed = test_seed();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (mut checked, mut allowed) = (0usize, 0usize);
+    let (mut checked, mut allowed, mut inherited) = (0usize, 0usize, 0usize);
     for round in 0..2 {
         let db = TestDb::create(db).await;
         let data = workload::generate(0.004 + 0.004 * round as f64, rng.random());
@@ -163,6 +174,7 @@ async fn agree_on_random_worlds(db: Db) {
                     .unwrap_or_else(|e| panic!("authorize: {e}"))
                     .into_inner();
                 allowed += usize::from(assert_agrees(&expected, c, &r));
+                inherited += usize::from(r.decided_by == "generation_inheritance");
                 checked += 1;
             }
         }
@@ -196,6 +208,7 @@ async fn agree_on_random_worlds(db: Db) {
                         panic!("valid item got {result:?}");
                     };
                     allowed += usize::from(assert_agrees(&expected, c, &r));
+                    inherited += usize::from(r.decided_by == "generation_inheritance");
                     checked += 1;
                 }
             }
@@ -203,6 +216,10 @@ async fn agree_on_random_worlds(db: Db) {
         server.stop().await;
     }
     assert!(checked >= 6_000, "{checked} decisions checked");
+    assert!(
+        inherited >= 20,
+        "only {inherited} answers came from inheritance"
+    );
     let share = allowed as f64 / checked as f64;
     assert!(
         (0.15..0.85).contains(&share),
@@ -216,7 +233,7 @@ on_both_databases!(
 
 /// One random write, made with plain SQL and mirrored in the model data.
 fn random_write(data: &mut Dataset, rng: &mut ChaCha8Rng) -> String {
-    match rng.random_range(0..4) {
+    match rng.random_range(0..5) {
         0 if !data.members.is_empty() => {
             let m = data.members.remove(rng.random_range(0..data.members.len()));
             format!(
@@ -243,6 +260,17 @@ fn random_write(data: &mut Dataset, rng: &mut ChaCha8Rng) -> String {
                 "UPDATE projects SET visibility = '{}' WHERE id = '{}'",
                 visibility.as_str(),
                 data.projects[i].id
+            )
+        }
+        3 if data.generations.iter().any(|g| g.parent_id.is_some()) => {
+            let linked: Vec<usize> = (0..data.generations.len())
+                .filter(|i| data.generations[*i].parent_id.is_some())
+                .collect();
+            let i = *linked.choose(rng).unwrap_or(&0);
+            data.generations[i].parent_id = None;
+            format!(
+                "UPDATE generations SET parent_id = NULL WHERE id = '{}'",
+                data.generations[i].id
             )
         }
         _ => {
