@@ -9,20 +9,16 @@ use std::{sync::Arc, time::Duration};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use uuid::Uuid;
 use velro_authz::{
-    cache::PermissionCache,
-    engine::{
-        Engine,
-        stack::{StackParts, layer_stack},
-    },
-    freshness::Freshness,
-    layers::security_context::{
-        GeoEntry, IpRules, SecurityContext, SecurityContextConfig, TeamRules,
-    },
-    media_url::{MediaUrlConfig, UrlSigner},
+    audit::AuditLog,
+    config::{HumanDuration, Settings},
+    engine::Engine,
+    layers::security_context::{GeoEntry, IpRules, SecurityContextConfig, TeamRules},
     metrics::Metrics,
     model::{Action, Consistency, Query, RequestFacts, ResourceKind, ResourceRef},
     proto,
-    store::{self, PoolConfig, auth::NewSession},
+    rate_limit::Tier,
+    server::assemble,
+    store::{self, auth::NewSession},
     validate, workload,
 };
 
@@ -54,12 +50,43 @@ fn security_rules(team: Uuid) -> SecurityContextConfig {
     config
 }
 
-/// Engines over the same store, each keeping only the listed layer
+/// Engines over one assembled stack, each keeping only the listed layer
 /// positions, so the cost of a layer is the difference between two.
 struct Engines {
     relationship_only: Arc<Engine>,
     with_security_context: Arc<Engine>,
+    with_inheritance_and_media: Arc<Engine>,
+    with_emergency: Arc<Engine>,
+    with_audit: Arc<Engine>,
     full: Arc<Engine>,
+    /// The full stack with the rate limiter shared through Redis.
+    full_redis_limiter: Option<Arc<Engine>>,
+    audit: Arc<AuditLog>,
+}
+
+/// Settings for a stack whose guards all pass the benchmark's requests:
+/// quotas far above what one caller reaches, an anomaly model that never
+/// fires but still keeps its books, a large audit queue.
+fn bench_settings(url: &str, team: Uuid, dir: &std::path::Path) -> Settings {
+    let mut s = Settings::defaults().unwrap();
+    s.database_url = url.to_owned();
+    s.db_max_connections = 4;
+    s.cache_capacity = 100_000;
+    s.cache_ttl = HumanDuration(Duration::from_secs(600));
+    // Following the change log is the server's job; the replica must stay
+    // trusted for the whole run even if the follower falls behind.
+    s.cache_max_lag = HumanDuration(Duration::from_secs(3600));
+    s.security_context = security_rules(team);
+    s.rate_limit.enabled = true;
+    s.rate_limit.tiers = vec![Tier {
+        name: "free".into(),
+        per_second: 100_000_000,
+        burst: 1_000_000,
+    }];
+    s.rate_limit.anomaly.rate_factor = 1e12;
+    s.audit.queue = 1_000_000;
+    s.audit.spill_path = dir.join("audit.spill");
+    s
 }
 
 fn layer_stack_bench(c: &mut Criterion) {
@@ -72,12 +99,10 @@ fn layer_stack_bench(c: &mut Criterion) {
     let data = workload::generate(0.1, 42);
     let team_member = data.members[0].clone();
     let session = Uuid::new_v4();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
     let engines = runtime.block_on(async {
-        let pool = PoolConfig {
-            max_connections: 4,
-            acquire_timeout: Duration::from_secs(5),
-        };
-        let store = store::connect(&url, &pool).await.unwrap();
+        let settings = bench_settings(&url, team_member.team_id, dir.path());
+        let store = store::connect(&url, &settings.pool()).await.unwrap();
         store.migrate().await.unwrap();
         store.insert_dataset(&data).await.unwrap();
         store
@@ -92,45 +117,63 @@ fn layer_stack_bench(c: &mut Criterion) {
             })
             .await
             .unwrap();
-        let metrics = Arc::new(Metrics::new());
-        // Following the change log is the server's job; here the replica is
-        // simply in sync at the start and stays trusted for the whole run.
-        let freshness = Arc::new(Freshness::new(
-            0,
-            Duration::from_secs(3600),
-            metrics.clone(),
-        ));
-        freshness.sync(store.as_ref()).await.unwrap();
-        let cache = Arc::new(PermissionCache::new(
-            100_000,
-            Duration::from_secs(600),
-            freshness.clone(),
-            metrics.clone(),
-        ));
-        let security = SecurityContext::new(
-            &security_rules(team_member.team_id),
+        let assembled = assemble(
+            &settings,
             store.clone(),
-            freshness,
-            cache.clone(),
+            Arc::new(Metrics::new()),
+            stop_rx.clone(),
         )
+        .await
         .unwrap();
-        let stack = layer_stack(StackParts {
-            cache,
-            security: Arc::new(security),
-            media_urls: Arc::new(UrlSigner::new(&MediaUrlConfig::default()).unwrap()),
-        });
+        let full = assembled.engine.clone();
         let keep = |positions: &[u8]| {
-            let layers = stack
+            let layers = full
+                .layers()
                 .iter()
                 .filter(|l| positions.contains(&l.id().position))
                 .cloned()
                 .collect();
-            Arc::new(Engine::new(layers, store.clone(), metrics.clone(), 16))
+            Arc::new(Engine::new(
+                layers,
+                store.clone(),
+                Arc::new(Metrics::new()),
+                16,
+                assembled.database.clone(),
+            ))
+        };
+        let redis_url = std::env::var("VELRO_TEST_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned());
+        let redis_reachable = redis::Client::open(redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .is_ok();
+        let full_redis_limiter = match redis_reachable {
+            true => {
+                let mut s = bench_settings(&url, team_member.team_id, dir.path());
+                s.audit.spill_path = dir.path().join("audit-redis.spill");
+                s.redis_url = Some(redis_url);
+                s.redis_prefix = format!("velro-bench-{}:", Uuid::new_v4());
+                let assembled =
+                    assemble(&s, store.clone(), Arc::new(Metrics::new()), stop_rx.clone())
+                        .await
+                        .unwrap();
+                Some(assembled.engine)
+            }
+            false => {
+                eprintln!("no Redis at {redis_url}: the Redis limiter case is left out");
+                None
+            }
         };
         Engines {
             relationship_only: keep(&[7, 1, 2, 3]),
             with_security_context: keep(&[4, 7, 1, 2, 3]),
-            full: keep(&[4, 7, 1, 2, 3, 5, 6]),
+            with_inheritance_and_media: keep(&[4, 7, 1, 2, 3, 5, 6]),
+            with_emergency: keep(&[9, 4, 7, 1, 2, 3, 5, 6]),
+            with_audit: keep(&[9, 4, 7, 1, 2, 3, 5, 6, 8]),
+            full,
+            full_redis_limiter,
+            audit: assembled.audit,
         }
     });
     let project = data
@@ -158,15 +201,19 @@ fn layer_stack_bench(c: &mut Criterion) {
         action: Action::Delete,
         ..query
     };
-    let generation = data
-        .generations
+    let media_in_project = data
+        .media
         .iter()
-        .position(|g| g.project_id == project.id)
-        .unwrap_or(0);
+        .find(|m| {
+            data.generations
+                .iter()
+                .any(|g| g.id == m.generation_id && g.project_id == project.id)
+        })
+        .unwrap();
     let media_read = Query {
         resource: ResourceRef {
             kind: ResourceKind::Media,
-            id: data.media[generation].id,
+            id: media_in_project.id,
         },
         ..query
     };
@@ -187,7 +234,7 @@ fn layer_stack_bench(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("layer_stack");
     group.throughput(Throughput::Elements(1));
-    let cases: [(&str, &Arc<Engine>, Query, &RequestFacts); 8] = [
+    let mut cases: Vec<(&str, &Arc<Engine>, Query, &RequestFacts)> = vec![
         (
             "in_process_cache_hit",
             &engines.relationship_only,
@@ -200,18 +247,24 @@ fn layer_stack_bench(c: &mut Criterion) {
             query,
             &facts,
         ),
+        (
+            "hit_with_layers_4_5_6",
+            &engines.with_inheritance_and_media,
+            query,
+            &facts,
+        ),
+        (
+            "hit_with_layers_4_5_6_9",
+            &engines.with_emergency,
+            query,
+            &facts,
+        ),
         ("hit_full_stack", &engines.full, query, &facts),
         (
             "deny_hit_relationship_only",
             &engines.relationship_only,
             denied,
             &plain,
-        ),
-        (
-            "deny_hit_with_layer_4",
-            &engines.with_security_context,
-            denied,
-            &facts,
         ),
         ("deny_hit_full_stack", &engines.full, denied, &facts),
         (
@@ -221,16 +274,48 @@ fn layer_stack_bench(c: &mut Criterion) {
             &plain,
         ),
         (
-            "media_read_hit_full_stack_signed_url",
-            &engines.full,
+            "media_read_hit_with_signed_url",
+            &engines.with_inheritance_and_media,
             media_read,
             &facts,
         ),
     ];
+    if let Some(engine) = &engines.full_redis_limiter {
+        cases.push(("hit_full_stack_redis_limiter", engine, query, &facts));
+    }
     for (name, engine, query, facts) in cases {
         let run = decide(engine, query, facts);
         group.bench_function(name, |b| b.to_async(&runtime).iter(&run));
     }
+    // Layer 8 hands every decision to the audit writer, which cannot insert
+    // as fast as the stack decides: time the decisions only, and let the
+    // writer catch up between samples so its queue never overflows.
+    group.sample_size(30);
+    for (name, engine) in [
+        ("hit_with_layers_4_5_6_9_8", &engines.with_audit),
+        ("hit_full_stack_audited", &engines.full),
+    ] {
+        let run = decide(engine, query, &facts);
+        let audit = engines.audit.clone();
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter_custom(|iters| {
+                let run = run.clone();
+                let audit = audit.clone();
+                async move {
+                    let started = std::time::Instant::now();
+                    for _ in 0..iters {
+                        run().await;
+                    }
+                    let elapsed = started.elapsed();
+                    while audit.queued() > 0 {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    elapsed
+                }
+            })
+        });
+    }
+    group.sample_size(100);
     let media_query = Query {
         resource: ResourceRef {
             kind: ResourceKind::Media,
@@ -238,24 +323,20 @@ fn layer_stack_bench(c: &mut Criterion) {
         },
         ..query
     };
-    group.bench_function("miss_computed_from_sqlite_project", |b| {
-        b.to_async(&runtime).iter(|| async {
-            engines
-                .full
-                .decide(query, Consistency::FullyConsistent, &plain)
-                .await
-                .unwrap()
-        })
-    });
-    group.bench_function("miss_computed_from_sqlite_media", |b| {
-        b.to_async(&runtime).iter(|| async {
-            engines
-                .full
-                .decide(media_query, Consistency::FullyConsistent, &plain)
-                .await
-                .unwrap()
-        })
-    });
+    for (name, query) in [
+        ("miss_computed_from_sqlite_project", query),
+        ("miss_computed_from_sqlite_media", media_query),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| async {
+                engines
+                    .relationship_only
+                    .decide(query, Consistency::FullyConsistent, &plain)
+                    .await
+                    .unwrap()
+            })
+        });
+    }
     group.finish();
 }
 

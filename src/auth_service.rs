@@ -70,19 +70,23 @@ pub async fn authenticate(
     })
 }
 
-/// The subject's user id: given directly, or as a bearer token to verify.
+/// The subject: given directly, or as a bearer token to verify (then also
+/// the token's session, if it has one).
 pub async fn subject(
     auth: &Authenticator,
     field_prefix: &str,
     user_id: &str,
     token: &str,
-) -> Result<String, AuthzError> {
+) -> Result<(String, Option<uuid::Uuid>), AuthzError> {
     match (user_id.is_empty(), token.is_empty()) {
         (false, false) => Err(AuthzError::invalid(format!(
             "give either {field_prefix}user_id or {field_prefix}subject_token, not both"
         ))),
-        (true, false) => Ok(auth.verify(token).await?.user_id.to_string()),
-        _ => Ok(user_id.to_owned()),
+        (true, false) => {
+            let principal = auth.verify(token).await?;
+            Ok((principal.user_id.to_string(), principal.session_id))
+        }
+        _ => Ok((user_id.to_owned(), None)),
     }
 }
 
@@ -95,30 +99,31 @@ fn same_secret(a: &str, b: &str) -> bool {
             == 0
 }
 
-pub async fn revoke_sessions(
-    auth: &Authenticator,
-    admin_token: Option<&str>,
-    presented: Option<&str>,
-    req: &proto::RevokeSessionsRequest,
-) -> Result<proto::RevokeSessionsResponse, AuthzError> {
+/// Admin RPCs need `x-velro-admin-token` to equal the configured token.
+pub fn admin_check(admin_token: Option<&str>, presented: Option<&str>) -> Result<(), AuthzError> {
     let Some(expected) = admin_token else {
         return Err(AuthzError::PermissionDenied(
             "admin RPCs are disabled on this server: set admin_token to enable them".into(),
         ));
     };
     match presented {
-        None => {
-            return Err(AuthzError::unauthenticated(
-                "admin RPCs need the x-velro-admin-token metadata",
-            ));
-        }
-        Some(p) if !same_secret(p, expected) => {
-            return Err(AuthzError::PermissionDenied(
-                "the admin token is wrong".into(),
-            ));
-        }
-        Some(_) => {}
+        None => Err(AuthzError::unauthenticated(
+            "admin RPCs need the x-velro-admin-token metadata",
+        )),
+        Some(p) if !same_secret(p, expected) => Err(AuthzError::PermissionDenied(
+            "the admin token is wrong".into(),
+        )),
+        Some(_) => Ok(()),
     }
+}
+
+pub async fn revoke_sessions(
+    auth: &Authenticator,
+    admin_token: Option<&str>,
+    presented: Option<&str>,
+    req: &proto::RevokeSessionsRequest,
+) -> Result<proto::RevokeSessionsResponse, AuthzError> {
+    admin_check(admin_token, presented)?;
     let revoked = match &req.target {
         Some(Target::SessionId(id)) => {
             auth.revoke_session(validate::uuid("session_id", id)?)

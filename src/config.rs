@@ -404,6 +404,23 @@ pub struct Settings {
     #[serde(default)]
     pub media_urls: crate::media_url::MediaUrlConfig,
 
+    /// Layer 10: tiers, quotas, Redis sharing, anomaly model (TOML only:
+    /// `[rate_limit]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub rate_limit: crate::rate_limit::RateLimitConfig,
+
+    /// Layer 9: break-glass users (TOML only: `[emergency]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub emergency: crate::emergency::EmergencyConfig,
+
+    /// Layer 8: queue, spill file, JSON lines, denial bursts (TOML only:
+    /// `[audit]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
+
     /// External token issuers (TOML only: `[[external_issuers]]`).
     #[arg(skip)]
     #[serde(default)]

@@ -16,6 +16,12 @@ pub enum AuthzError {
     /// A limit was hit (queue full, too much at once).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// A rate limit was hit: retry after the given time.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// A dependency (the database) cannot answer; the decision fails closed.
     #[error("{0}")]
     Unavailable(String),
@@ -42,7 +48,9 @@ impl AuthzError {
             AuthzError::InvalidArgument(_) => "invalid_argument",
             AuthzError::Unauthenticated(_) => "unauthenticated",
             AuthzError::PermissionDenied(_) => "permission_denied",
-            AuthzError::ResourceExhausted(_) => "resource_exhausted",
+            AuthzError::ResourceExhausted(_) | AuthzError::RateLimited { .. } => {
+                "resource_exhausted"
+            }
             AuthzError::Unavailable(_) => "unavailable",
             AuthzError::DeadlineExceeded(_) => "deadline_exceeded",
             AuthzError::Internal(_) => "internal",
@@ -54,7 +62,9 @@ impl AuthzError {
             AuthzError::InvalidArgument(_) => Code::InvalidArgument,
             AuthzError::Unauthenticated(_) => Code::Unauthenticated,
             AuthzError::PermissionDenied(_) => Code::PermissionDenied,
-            AuthzError::ResourceExhausted(_) => Code::ResourceExhausted,
+            AuthzError::ResourceExhausted(_) | AuthzError::RateLimited { .. } => {
+                Code::ResourceExhausted
+            }
             AuthzError::Unavailable(_) => Code::Unavailable,
             AuthzError::DeadlineExceeded(_) => Code::DeadlineExceeded,
             AuthzError::Internal(_) => Code::Internal,
@@ -64,7 +74,27 @@ impl AuthzError {
 
 impl From<AuthzError> for Status {
     fn from(error: AuthzError) -> Status {
-        Status::new(error.code(), error.to_string())
+        match error {
+            // The standard way to say when to retry: google.rpc.RetryInfo in
+            // the status details, and the same in `retry-after-ms` metadata
+            // for clients that do not decode details.
+            AuthzError::RateLimited {
+                message,
+                retry_after,
+            } => {
+                use tonic_types::{ErrorDetails, StatusExt};
+                let mut status = Status::with_error_details(
+                    Code::ResourceExhausted,
+                    message,
+                    ErrorDetails::with_retry_info(Some(retry_after)),
+                );
+                if let Ok(value) = retry_after.as_millis().max(1).to_string().parse() {
+                    status.metadata_mut().insert("retry-after-ms", value);
+                }
+                status
+            }
+            other => Status::new(other.code(), other.to_string()),
+        }
     }
 }
 

@@ -42,6 +42,8 @@ pub enum Scope {
     Member { team: Uuid, user: Uuid },
     /// Everything of a user.
     User(Uuid),
+    /// The kill switches (no cached set depends on them; layer 9 reloads).
+    KillSwitches,
     /// A change this build cannot read: trust nothing older.
     Everything,
 }
@@ -59,6 +61,7 @@ impl Scope {
             ("resource", _, _, Some(r)) => Scope::Resource(r),
             ("member", Some(user), Some(team), _) => Scope::Member { team, user },
             ("user", Some(u), _, _) => Scope::User(u),
+            ("kill", _, _, _) => Scope::KillSwitches,
             _ => Scope::Everything,
         }
     }
@@ -92,6 +95,7 @@ impl Scopes {
             Scope::Resource(r) => drop(self.resources.insert(r, revision)),
             Scope::Member { team, user } => drop(self.members.insert((team, user), revision)),
             Scope::User(u) => drop(self.users.insert(u, revision)),
+            Scope::KillSwitches => {}
             Scope::Everything => self.forget(revision),
         }
         if self.len() > MAX_SCOPES {
@@ -140,6 +144,8 @@ pub struct Freshness {
     last_sync_ms: AtomicU64,
     max_lag: Duration,
     advanced: Notify,
+    /// The newest change of the kill switches seen.
+    kill_revision: AtomicI64,
     metrics: Arc<Metrics>,
 }
 
@@ -159,6 +165,7 @@ impl Freshness {
             last_sync_ms: AtomicU64::new(0),
             max_lag,
             advanced: Notify::new(),
+            kill_revision: AtomicI64::new(0),
             metrics,
         }
     }
@@ -172,6 +179,16 @@ impl Freshness {
     pub fn trusted(&self) -> bool {
         let last = Duration::from_millis(self.last_sync_ms.load(Ordering::Acquire));
         self.started.elapsed().saturating_sub(last) <= self.max_lag
+    }
+
+    /// The newest kill-switch change read from the log (0: none since start).
+    pub fn kill_revision(&self) -> i64 {
+        self.kill_revision.load(Ordering::Acquire)
+    }
+
+    /// Waits until the log has been read again, at most `at_most`.
+    pub async fn next_sync(&self, at_most: Duration) {
+        let _ = tokio::time::timeout(at_most, self.advanced.notified()).await;
     }
 
     /// Whether a set stamped `revision` is still good for `key`.
@@ -238,6 +255,9 @@ impl Freshness {
                     team.as_deref(),
                     target.as_deref(),
                 );
+                if scope == Scope::KillSwitches {
+                    self.kill_revision.fetch_max(*revision, Ordering::AcqRel);
+                }
                 scopes.apply(*revision, scope);
                 self.newest_scope.fetch_max(*revision, Ordering::AcqRel);
                 if *revision == contiguous + 1 {
@@ -292,14 +312,21 @@ pub async fn follow(
     store: Arc<dyn Store>,
     poll: Duration,
     listen_url: Option<String>,
+    database: Arc<crate::breaker::Breaker>,
 ) {
     let mut listener = match listen_url {
         Some(url) => listen(&url).await,
         None => None,
     };
     loop {
-        if let Err(e) = freshness.sync(store.as_ref()).await {
-            tracing::warn!("cannot read the change log: {e}");
+        // The log is read whatever the breaker says: it is the probe that
+        // tells when the database is back.
+        match freshness.sync(store.as_ref()).await {
+            Ok(()) => database.success(),
+            Err(e) => {
+                database.failure();
+                tracing::warn!("cannot read the change log: {e}");
+            }
         }
         match listener.as_mut() {
             Some(l) => match tokio::time::timeout(poll, l.recv()).await {

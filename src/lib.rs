@@ -6,11 +6,16 @@
 //! one round trip on a miss.
 
 pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod auth_service;
+pub mod breaker;
 pub mod cache;
 pub mod config;
+pub mod control;
+pub mod deadline;
 pub mod demo;
+pub mod emergency;
 pub mod engine;
 pub mod error;
 pub mod ext_authz;
@@ -22,6 +27,8 @@ pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod proto;
+pub mod rate_limit;
+pub mod redis_conn;
 pub mod redis_tier;
 pub mod server;
 pub mod service;

@@ -40,6 +40,20 @@ pub struct KindLabels {
     pub kind: &'static str,
 }
 
+/// A dependency behind a circuit breaker (`database`, `redis_cache`,
+/// `redis_rate_limit`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DependencyLabels {
+    pub dependency: &'static str,
+}
+
+/// A rate-limit refusal: the principal's tier and which limiter refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub tier: String,
+    pub limiter: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -67,6 +81,79 @@ pub struct Metrics {
     pub security_alerts: Family<KindLabels, Counter>,
     /// Flags raised on requests that were let through (`allow and flag`).
     pub flags: Family<KindLabels, Counter>,
+    /// Layers 8-10: audit pipeline, breakers, limits, kill switches.
+    pub ops: OpsMetrics,
+}
+
+/// The operational layers' metrics (audit, emergency, rate limiting).
+#[derive(Default)]
+pub struct OpsMetrics {
+    pub audit_written: Counter,
+    pub audit_spilled: Counter,
+    pub audit_replayed: Counter,
+    pub audit_lost: Counter,
+    pub breaker_state: Family<DependencyLabels, Gauge>,
+    pub rate_limited: Family<LimitLabels, Counter>,
+    /// Rate-limit checks answered in process because Redis was skipped or failed.
+    pub rate_limit_fallbacks: Counter,
+    pub kill_switches_active: Gauge,
+    /// 1 while the replica serves degraded (database unreachable).
+    pub degraded: Gauge,
+}
+
+impl OpsMetrics {
+    fn register(&self, registry: &mut Registry) {
+        let counters = [
+            (
+                "audit_events_written",
+                "Audit events written to the audit_log table",
+                &self.audit_written,
+            ),
+            (
+                "audit_events_spilled",
+                "Audit events written to the local spill file (queue full or database down)",
+                &self.audit_spilled,
+            ),
+            (
+                "audit_events_replayed",
+                "Spilled audit events later written to the database",
+                &self.audit_replayed,
+            ),
+            (
+                "audit_events_lost",
+                "Audit events that could be written nowhere (also logged as errors)",
+                &self.audit_lost,
+            ),
+            (
+                "rate_limit_fallbacks",
+                "Rate-limit checks answered in process because Redis was skipped or failed",
+                &self.rate_limit_fallbacks,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            registry.register(name, help, counter.clone());
+        }
+        registry.register(
+            "breaker_state",
+            "Circuit breaker state by dependency: 0 closed, 1 open, 2 half-open",
+            self.breaker_state.clone(),
+        );
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit, by tier and limiter (in_process, redis, tightened)",
+            self.rate_limited.clone(),
+        );
+        registry.register(
+            "kill_switches_active",
+            "Kill switches in force on this replica",
+            self.kill_switches_active.clone(),
+        );
+        registry.register(
+            "degraded",
+            "1 while the replica serves degraded: the database is unreachable",
+            self.degraded.clone(),
+        );
+    }
 }
 
 impl Default for Metrics {
@@ -147,7 +234,10 @@ impl Metrics {
             "Flags raised on requests a policy let through (e.g. session_network_changed)",
             flags.clone(),
         );
+        let ops = OpsMetrics::default();
+        ops.register(&mut registry);
         Metrics {
+            ops,
             security_alerts,
             flags,
             seen_revision,
@@ -186,6 +276,14 @@ impl Metrics {
         self.security_alerts
             .get_or_create(&KindLabels { kind })
             .inc();
+    }
+
+    /// 0 closed, 1 open, 2 half-open.
+    pub fn record_breaker(&self, dependency: &'static str, state: i64) {
+        self.ops
+            .breaker_state
+            .get_or_create(&DependencyLabels { dependency })
+            .set(state);
     }
 
     pub fn record_flag(&self, kind: &'static str) {

@@ -7,7 +7,29 @@ use std::sync::{
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 
-use crate::metrics::Metrics;
+use crate::{breaker::Breaker, freshness::Freshness, metrics::Metrics};
+
+/// What readiness watches besides start-up and draining: a replica that
+/// cannot reach the database serves degraded (cached answers only, within
+/// `cache_max_lag`) and says so.
+#[derive(Clone)]
+pub struct Dependencies {
+    pub database: Arc<Breaker>,
+    pub freshness: Arc<Freshness>,
+}
+
+impl Dependencies {
+    /// Why the replica is degraded, if it is.
+    pub fn degraded(&self) -> Option<&'static str> {
+        if self.database.is_open() {
+            Some("the database is unreachable (circuit breaker open)")
+        } else if !self.freshness.trusted() {
+            Some("the change log has not been read within cache_max_lag")
+        } else {
+            None
+        }
+    }
+}
 
 /// Whether the service should receive traffic: true once migrations ran and
 /// pools are up, false again while draining.
@@ -28,6 +50,7 @@ impl Readiness {
 struct Ops {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
+    dependencies: Dependencies,
     jwks: Arc<serde_json::Value>,
 }
 
@@ -35,6 +58,7 @@ struct Ops {
 pub fn router(
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
+    dependencies: Dependencies,
     jwks: Arc<serde_json::Value>,
 ) -> Router {
     Router::new()
@@ -45,6 +69,7 @@ pub fn router(
         .with_state(Ops {
             metrics,
             readiness,
+            dependencies,
             jwks,
         })
 }
@@ -77,9 +102,14 @@ async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
 }
 
 async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
-    if ops.readiness.get() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    let degraded = ops.dependencies.degraded();
+    ops.metrics.ops.degraded.set(i64::from(degraded.is_some()));
+    match (ops.readiness.get(), degraded) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned()),
+        (true, Some(why)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("degraded: {why}; cached answers only\n"),
+        ),
+        (true, None) => (StatusCode::OK, "ready\n".to_owned()),
     }
 }

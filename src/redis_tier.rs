@@ -5,93 +5,20 @@
 //! checks them against the change log like its own (versioned entries, no
 //! deletes needed: a stale entry is simply not used and is overwritten).
 
-use std::{
-    sync::{
-        Arc,
-        atomic::{AtomicU32, AtomicU64, Ordering},
-    },
-    time::{Duration, Instant},
-};
-
-use redis::aio::ConnectionManager;
-use tokio::sync::Mutex;
+use std::{sync::Arc, time::Duration};
 
 use crate::{
-    engine::permissions::PermissionSet, error::AuthzError, metrics::Metrics, model::PermissionKey,
+    engine::permissions::PermissionSet,
+    error::AuthzError,
+    metrics::Metrics,
+    model::PermissionKey,
+    redis_conn::{Miss, RedisConn},
 };
 
-/// Consecutive failures that open the breaker.
-const TRIP_AFTER: u32 = 3;
-/// How long the breaker stays open before one probe goes through.
-const COOL_OFF: Duration = Duration::from_secs(2);
-
-/// closed -> open after `TRIP_AFTER` failures -> half-open after `COOL_OFF`
-/// (one call tries; success closes, failure reopens).
-pub struct Breaker {
-    failures: AtomicU32,
-    open_until_ms: AtomicU64,
-    started: Instant,
-}
-
-impl Breaker {
-    fn new() -> Breaker {
-        Breaker {
-            failures: AtomicU32::new(0),
-            open_until_ms: AtomicU64::new(0),
-            started: Instant::now(),
-        }
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
-    }
-
-    /// Whether a call may go to Redis now.
-    fn allows(&self) -> bool {
-        let until = self.open_until_ms.load(Ordering::Acquire);
-        if until == 0 {
-            return true;
-        }
-        let now = self.now_ms();
-        // Half-open: the first caller after the cool-off probes, the others
-        // keep skipping until it reports.
-        now >= until
-            && self
-                .open_until_ms
-                .compare_exchange(
-                    until,
-                    now + COOL_OFF.as_millis() as u64,
-                    Ordering::AcqRel,
-                    Ordering::Acquire,
-                )
-                .is_ok()
-    }
-
-    fn success(&self) {
-        self.failures.store(0, Ordering::Release);
-        self.open_until_ms.store(0, Ordering::Release);
-    }
-
-    fn failure(&self) {
-        let failures = self.failures.fetch_add(1, Ordering::AcqRel) + 1;
-        if failures >= TRIP_AFTER {
-            let until = self.now_ms() + COOL_OFF.as_millis() as u64;
-            self.open_until_ms.store(until.max(1), Ordering::Release);
-        }
-    }
-
-    pub fn is_open(&self) -> bool {
-        self.open_until_ms.load(Ordering::Acquire) != 0
-    }
-}
-
 pub struct RedisTier {
-    client: redis::Client,
-    connection: Mutex<Option<ConnectionManager>>,
+    redis: RedisConn,
     prefix: String,
-    deadline: Duration,
     ttl: Duration,
-    breaker: Breaker,
     metrics: Arc<Metrics>,
 }
 
@@ -105,15 +32,10 @@ impl RedisTier {
         ttl: Duration,
         metrics: Arc<Metrics>,
     ) -> Result<RedisTier, AuthzError> {
-        let client =
-            redis::Client::open(url).map_err(|e| AuthzError::invalid(format!("redis_url: {e}")))?;
         Ok(RedisTier {
-            client,
-            connection: Mutex::new(None),
+            redis: RedisConn::new(url, deadline, "redis_cache", metrics.clone())?,
             prefix: prefix.to_owned(),
-            deadline,
             ttl,
-            breaker: Breaker::new(),
             metrics,
         })
     }
@@ -122,55 +44,27 @@ impl RedisTier {
         format!("{}perm:{}", self.prefix, key)
     }
 
-    async fn connection(&self) -> Option<ConnectionManager> {
-        let mut slot = self.connection.lock().await;
-        if let Some(c) = slot.as_ref() {
-            return Some(c.clone());
-        }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.deadline))
-            .set_response_timeout(Some(self.deadline))
-            .set_number_of_retries(0);
-        let made = tokio::time::timeout(
-            self.deadline,
-            self.client.get_connection_manager_with_config(config),
-        )
-        .await;
-        match made {
-            Ok(Ok(c)) => {
-                *slot = Some(c.clone());
-                Some(c)
-            }
-            _ => None,
-        }
-    }
-
     /// Runs one command within the deadline, through the breaker; `None`
     /// when Redis was skipped or failed (already counted).
     async fn call<T: redis::FromRedisValue>(&self, command: redis::Cmd) -> Option<T> {
-        if !self.breaker.allows() {
-            self.metrics.record_tier("redis", "skipped");
-            return None;
-        }
-        let outcome = tokio::time::timeout(self.deadline, async {
-            let mut connection = self.connection().await?;
-            command.query_async::<T>(&mut connection).await.ok()
-        })
-        .await;
+        let outcome = self
+            .redis
+            .call(|mut c| async move { command.query_async::<T>(&mut c).await })
+            .await;
         let value = match outcome {
-            Ok(Some(value)) => {
-                self.breaker.success();
-                Some(value)
+            Ok(value) => Some(value),
+            Err(Miss::Skipped) => {
+                self.metrics.record_tier("redis", "skipped");
+                None
             }
-            _ => {
-                self.breaker.failure();
+            Err(Miss::Failed) => {
                 self.metrics.record_tier("redis", "error");
                 None
             }
         };
         self.metrics
             .redis_breaker_open
-            .set(i64::from(self.breaker.is_open()));
+            .set(i64::from(self.redis.breaker.is_open()));
         value
     }
 

@@ -14,10 +14,13 @@ use tonic_health::ServingStatus;
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 
 use crate::{
+    audit::AuditLog,
     auth,
+    breaker::Breaker,
     cache::{DatabaseTier, PermissionCache},
     config::Settings,
     demo,
+    emergency::{self, KillSwitches},
     engine::{
         Engine,
         stack::{StackParts, layer_stack},
@@ -25,13 +28,16 @@ use crate::{
     error::AuthzError,
     ext_authz::ExtAuthzService,
     freshness::{self, Freshness},
+    layers::rate_limit::RateLimit,
     layers::security_context::SecurityContext,
     media_url::UrlSigner,
     metrics::Metrics,
     ops::{self, Readiness},
     proto::{self, authorization_service_server::AuthorizationServiceServer},
+    rate_limit::{Limiter, anomaly::Anomalies},
     redis_tier::RedisTier,
     service::AuthzService,
+    store::Store,
     store::{self, Backend},
     transport::GuardLayer,
     warming::Warmer,
@@ -40,6 +46,10 @@ use crate::{
 const SERVICE_NAME: &str = "velro.authz.v1.AuthorizationService";
 /// Change-log entries a starting replica reads to judge shared-tier entries.
 const RECENT_CHANGES: i64 = 100_000;
+/// How long the database breaker stays open before a request probes.
+const DATABASE_COOL_OFF: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often idle principals are dropped from the in-process limiters.
+const LIMITER_HOUSEKEEPING: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// A started server. Dropping it also starts a drain.
 pub struct RunningServer {
@@ -73,66 +83,16 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         store.migrate().await?;
     }
     let metrics = Arc::new(Metrics::new());
-    // Start from the recent past of the change log, so that shared-tier
-    // entries computed by other replicas since then can be checked and used.
-    let start = store
-        .current_revision()
-        .await?
-        .saturating_sub(RECENT_CHANGES)
-        .max(0);
-    let freshness = Arc::new(Freshness::new(
-        start,
-        settings.cache_max_lag.0,
-        metrics.clone(),
-    ));
-    freshness.sync(store.as_ref()).await?;
-    let listen_url = (store.backend() == Backend::Postgres).then(|| settings.database_url.clone());
-    let follower = tokio::spawn(freshness::follow(
-        freshness.clone(),
-        store.clone(),
-        settings.change_poll.0,
-        listen_url,
-    ));
-    let mut cache = PermissionCache::new(
-        settings.cache_capacity,
-        settings.cache_ttl.0,
-        freshness.clone(),
-        metrics.clone(),
-    );
-    if let Some(url) = &settings.redis_url {
-        cache = cache.with_redis(Arc::new(RedisTier::new(
-            url,
-            &settings.redis_prefix,
-            settings.redis_timeout.0,
-            settings.redis_ttl.0,
-            metrics.clone(),
-        )?));
-    }
-    if settings.db_cache {
-        cache = cache.with_database(DatabaseTier {
-            store: store.clone(),
-            ttl: settings.db_cache_ttl.0,
-        });
-    }
-    let cache = Arc::new(cache);
-    let security = SecurityContext::new(
-        &settings.security_context,
-        store.clone(),
-        freshness.clone(),
-        cache.clone(),
-    )
-    .map_err(AuthzError::invalid)?;
-    let media_urls = UrlSigner::new(&settings.media_urls).map_err(AuthzError::invalid)?;
-    let engine = Arc::new(Engine::new(
-        layer_stack(StackParts {
-            cache: cache.clone(),
-            security: Arc::new(security),
-            media_urls: Arc::new(media_urls),
-        }),
-        store.clone(),
-        metrics.clone(),
-        settings.max_chain_depth,
-    ));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let Assembled {
+        engine,
+        cache,
+        freshness,
+        database,
+        background,
+        audit_writer,
+        audit,
+    } = assemble(settings, store.clone(), metrics.clone(), stop_rx.clone()).await?;
 
     let auth = auth::setup::authenticator(settings, store.clone()).await?;
     auth.set_warmer(Arc::new(Warmer::new(
@@ -185,6 +145,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         metrics.clone(),
         settings.max_batch_items,
         settings.admin_token.clone(),
+        audit,
     ))
     .max_decoding_message_size(settings.max_message_bytes);
 
@@ -197,7 +158,6 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
     }
     readiness.set(true);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
     let grpc = Server::builder()
         .max_concurrent_streams(settings.max_concurrent_streams)
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
@@ -215,8 +175,15 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
             TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             stopped(stop_rx.clone()),
         );
-    let ops = axum::serve(ops_listener, ops::router(metrics, readiness.clone(), jwks))
-        .with_graceful_shutdown(stopped(stop_rx));
+    let health_checks = ops::Dependencies {
+        database,
+        freshness,
+    };
+    let ops = axum::serve(
+        ops_listener,
+        ops::router(metrics, readiness.clone(), health_checks, jwks),
+    )
+    .with_graceful_shutdown(stopped(stop_rx));
 
     let (drain_tx, drain_rx) = oneshot::channel::<()>();
     let drain_delay = settings.drain_delay.0;
@@ -234,7 +201,11 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
     };
     let task = tokio::spawn(async move {
         let (grpc, ops, ()) = tokio::join!(grpc, ops, drainer);
-        follower.abort();
+        for task in background {
+            task.abort();
+        }
+        // The audit writer has seen the stop: it writes what is queued.
+        let _ = audit_writer.await;
         store.close().await;
         grpc.map_err(|e| AuthzError::Internal(format!("gRPC server failed: {e}")))?;
         ops.map_err(|e| AuthzError::Internal(format!("ops server failed: {e}")))?;
@@ -252,4 +223,138 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
 
 async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// What `start` serves, built once from the settings.
+pub struct Assembled {
+    pub engine: Arc<Engine>,
+    pub cache: Arc<PermissionCache>,
+    pub freshness: Arc<Freshness>,
+    pub database: Arc<Breaker>,
+    pub audit: Arc<AuditLog>,
+    /// Followers and housekeeping: aborted at shutdown.
+    pub background: Vec<JoinHandle<()>>,
+    /// Ends by itself after `stop`, once the queued events are written.
+    pub audit_writer: JoinHandle<()>,
+}
+
+/// Builds the ten-layer engine and what keeps it current (change-log and
+/// kill-switch followers, the audit writer, limiter housekeeping).
+pub async fn assemble(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) -> Result<Assembled, AuthzError> {
+    // Start from the recent past of the change log, so that shared-tier
+    // entries computed by other replicas since then can be checked and used.
+    let start = store
+        .current_revision()
+        .await?
+        .saturating_sub(RECENT_CHANGES)
+        .max(0);
+    let freshness = Arc::new(Freshness::new(
+        start,
+        settings.cache_max_lag.0,
+        metrics.clone(),
+    ));
+    freshness.sync(store.as_ref()).await?;
+    let database = Arc::new(Breaker::new("database", DATABASE_COOL_OFF, metrics.clone()));
+    let listen_url = (store.backend() == Backend::Postgres).then(|| settings.database_url.clone());
+    let mut background = vec![tokio::spawn(freshness::follow(
+        freshness.clone(),
+        store.clone(),
+        settings.change_poll.0,
+        listen_url,
+        database.clone(),
+    ))];
+    let mut cache = PermissionCache::new(
+        settings.cache_capacity,
+        settings.cache_ttl.0,
+        freshness.clone(),
+        metrics.clone(),
+    );
+    if let Some(url) = &settings.redis_url {
+        cache = cache.with_redis(Arc::new(RedisTier::new(
+            url,
+            &settings.redis_prefix,
+            settings.redis_timeout.0,
+            settings.redis_ttl.0,
+            metrics.clone(),
+        )?));
+    }
+    if settings.db_cache {
+        cache = cache.with_database(DatabaseTier {
+            store: store.clone(),
+            ttl: settings.db_cache_ttl.0,
+        });
+    }
+    let cache = Arc::new(cache);
+    let security = SecurityContext::new(
+        &settings.security_context,
+        store.clone(),
+        freshness.clone(),
+        cache.clone(),
+    )
+    .map_err(AuthzError::invalid)?;
+    let media_urls = UrlSigner::new(&settings.media_urls).map_err(AuthzError::invalid)?;
+    let kill_switches =
+        Arc::new(KillSwitches::load(store.as_ref(), &settings.emergency, metrics.clone()).await?);
+    background.push(tokio::spawn(emergency::follow(
+        kill_switches.clone(),
+        freshness.clone(),
+        store.clone(),
+        settings.change_poll.0,
+    )));
+    let (audit, audit_writer) =
+        AuditLog::start(&settings.audit, store.clone(), metrics.clone(), stop)
+            .map_err(AuthzError::invalid)?;
+    let rate_limit = match settings.rate_limit.enabled {
+        false => None,
+        true => {
+            let redis = settings
+                .redis_url
+                .as_deref()
+                .map(|url| (url, settings.redis_prefix.as_str()));
+            let limiter = Arc::new(
+                Limiter::new(&settings.rate_limit, store.clone(), redis, metrics.clone())
+                    .map_err(|e| AuthzError::invalid(format!("[rate_limit]: {e}")))?,
+            );
+            let idle = limiter.clone();
+            background.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LIMITER_HOUSEKEEPING).await;
+                    idle.housekeeping();
+                }
+            }));
+            Some(Arc::new(RateLimit::new(
+                limiter,
+                Anomalies::new(&settings.rate_limit.anomaly),
+                audit.clone(),
+            )))
+        }
+    };
+    let engine = Arc::new(Engine::new(
+        layer_stack(StackParts {
+            rate_limit,
+            kill_switches,
+            security: Arc::new(security),
+            cache: cache.clone(),
+            media_urls: Arc::new(media_urls),
+            audit: audit.clone(),
+        }),
+        store,
+        metrics,
+        settings.max_chain_depth,
+        database.clone(),
+    ));
+    Ok(Assembled {
+        engine,
+        cache,
+        freshness,
+        database,
+        audit,
+        background,
+        audit_writer,
+    })
 }

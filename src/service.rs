@@ -5,8 +5,9 @@ use std::{sync::Arc, time::Instant};
 use tonic::{Request, Response, Status};
 
 use crate::{
+    audit::AuditLog,
     auth::Authenticator,
-    auth_service,
+    auth_service, control,
     engine::{Decision, Engine, layer::Obligation, permissions::PermissionSource},
     error::AuthzError,
     metrics::Metrics,
@@ -20,6 +21,7 @@ pub struct AuthzService {
     metrics: Arc<Metrics>,
     max_batch_items: usize,
     admin_token: Option<String>,
+    audit: Arc<AuditLog>,
 }
 
 impl AuthzService {
@@ -29,6 +31,7 @@ impl AuthzService {
         metrics: Arc<Metrics>,
         max_batch_items: usize,
         admin_token: Option<String>,
+        audit: Arc<AuditLog>,
     ) -> Self {
         AuthzService {
             engine,
@@ -36,18 +39,50 @@ impl AuthzService {
             metrics,
             max_batch_items,
             admin_token,
+            audit,
         }
+    }
+
+    fn admin_check<T>(&self, request: &Request<T>) -> Result<(), AuthzError> {
+        let presented = request
+            .metadata()
+            .get("x-velro-admin-token")
+            .and_then(|v| v.to_str().ok());
+        auth_service::admin_check(self.admin_token.as_deref(), presented)
+    }
+
+    /// Counts the call and turns the result into the gRPC answer.
+    fn answer<T>(
+        &self,
+        rpc: &'static str,
+        started: Instant,
+        result: Result<T, AuthzError>,
+    ) -> Result<Response<T>, Status> {
+        let outcome = result.as_ref().map_or_else(|e| e.code_name(), |_| "ok");
+        self.metrics.record_rpc(rpc, outcome, started.elapsed());
+        Ok(Response::new(result?))
+    }
+
+    async fn switches(&self, changed: bool) -> Result<proto::KillSwitchesResponse, AuthzError> {
+        Ok(proto::KillSwitchesResponse {
+            switches: control::list_switches(self.engine.store()).await?,
+            changed,
+        })
     }
 
     async fn authorize_request(
         &self,
         req: &proto::AuthorizeRequest,
     ) -> Result<Decision, AuthzError> {
-        let user_id =
+        let (user_id, token_session) =
             auth_service::subject(&self.auth, "", &req.user_id, &req.subject_token).await?;
         let query = validate::query("", &user_id, &req.action, req.resource.as_ref())?;
         let consistency = validate::consistency(req.consistency, req.at_least_revision)?;
-        let request = validate::context(req.context.as_ref())?;
+        let mut request = validate::context(req.context.as_ref())?;
+        if let (true, Some(session)) = (request.session_id.is_empty(), token_session) {
+            // The token's own session is checked by the security context layer.
+            request.session_id = session.to_string();
+        }
         self.engine.decide(query, consistency, &request).await
     }
 
@@ -70,7 +105,7 @@ impl AuthzService {
             let subject =
                 auth_service::subject(&self.auth, &prefix, &item.user_id, &item.subject_token)
                     .await;
-            items.push(subject.and_then(|user_id| {
+            items.push(subject.and_then(|(user_id, _)| {
                 validate::query(&prefix, &user_id, &item.action, item.resource.as_ref())
             }));
         }
@@ -131,10 +166,7 @@ impl AuthorizationService for AuthzService {
     ) -> Result<Response<proto::AuthenticateResponse>, Status> {
         let started = Instant::now();
         let result = auth_service::authenticate(&self.auth, request.get_ref()).await;
-        let outcome = result.as_ref().map_or_else(|e| e.code_name(), |_| "ok");
-        self.metrics
-            .record_rpc("Authenticate", outcome, started.elapsed());
-        Ok(Response::new(result?))
+        self.answer("Authenticate", started, result)
     }
 
     async fn get_revision(
@@ -143,12 +175,8 @@ impl AuthorizationService for AuthzService {
     ) -> Result<Response<proto::GetRevisionResponse>, Status> {
         let started = Instant::now();
         let result = self.engine.store().current_revision().await;
-        let outcome = result.as_ref().map_or_else(|e| e.code_name(), |_| "ok");
-        self.metrics
-            .record_rpc("GetRevision", outcome, started.elapsed());
-        Ok(Response::new(proto::GetRevisionResponse {
-            revision: result?,
-        }))
+        let result = result.map(|revision| proto::GetRevisionResponse { revision });
+        self.answer("GetRevision", started, result)
     }
 
     async fn revoke_sessions(
@@ -167,13 +195,80 @@ impl AuthorizationService for AuthzService {
             request.get_ref(),
         )
         .await;
-        let outcome = result.as_ref().map_or_else(|e| e.code_name(), |_| "ok");
-        self.metrics
-            .record_rpc("RevokeSessions", outcome, started.elapsed());
-        if result.is_ok() {
-            tracing::info!(target: "audit", request = ?request.get_ref(), "sessions revoked by admin RPC");
+        if let Ok(done) = &result {
+            let target = format!("{:?}", request.get_ref().target);
+            let message = format!("{} session(s) revoked", done.revoked);
+            self.audit.record(control::admin_event(
+                "sessions_revoked",
+                &target,
+                "admin_rpc",
+                &message,
+            ));
         }
-        Ok(Response::new(result?))
+        self.answer("RevokeSessions", started, result)
+    }
+
+    async fn set_kill_switch(
+        &self,
+        request: Request<proto::SetKillSwitchRequest>,
+    ) -> Result<Response<proto::KillSwitchesResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            self.admin_check(&request)?;
+            let r = request.get_ref();
+            let event =
+                control::set_switch(self.engine.store(), &r.scope, &r.reason, &r.set_by).await?;
+            self.audit.record(event);
+            self.switches(true).await
+        }
+        .await;
+        self.answer("SetKillSwitch", started, result)
+    }
+
+    async fn clear_kill_switch(
+        &self,
+        request: Request<proto::ClearKillSwitchRequest>,
+    ) -> Result<Response<proto::KillSwitchesResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            self.admin_check(&request)?;
+            let r = request.get_ref();
+            let event = control::clear_switch(self.engine.store(), &r.scope, &r.set_by).await?;
+            let changed = event.is_some();
+            if let Some(event) = event {
+                self.audit.record(event);
+            }
+            self.switches(changed).await
+        }
+        .await;
+        self.answer("ClearKillSwitch", started, result)
+    }
+
+    async fn list_kill_switches(
+        &self,
+        request: Request<proto::ListKillSwitchesRequest>,
+    ) -> Result<Response<proto::KillSwitchesResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            self.admin_check(&request)?;
+            self.switches(false).await
+        }
+        .await;
+        self.answer("ListKillSwitches", started, result)
+    }
+
+    async fn query_audit(
+        &self,
+        request: Request<proto::QueryAuditRequest>,
+    ) -> Result<Response<proto::QueryAuditResponse>, Status> {
+        let started = Instant::now();
+        let result = async {
+            self.admin_check(&request)?;
+            let events = control::query_audit(self.engine.store(), request.get_ref()).await?;
+            Ok(proto::QueryAuditResponse { events })
+        }
+        .await;
+        self.answer("QueryAudit", started, result)
     }
 }
 

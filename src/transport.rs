@@ -16,9 +16,11 @@ use tower::{Layer, Service};
 
 use crate::engine::layer::BoxFuture;
 
-/// Margin by which our deadline fires before tonic's own client-deadline
-/// timer, so the caller sees DEADLINE_EXCEEDED rather than CANCELLED.
-const DEADLINE_MARGIN: Duration = Duration::from_micros(500);
+/// Margin by which our deadline fires before the client's own deadline
+/// timer (a tenth of it, within these bounds), so the caller sees our
+/// DEADLINE_EXCEEDED rather than its own CANCELLED.
+const DEADLINE_MARGIN: (Duration, Duration) =
+    (Duration::from_micros(500), Duration::from_millis(10));
 
 #[derive(Clone, Debug)]
 pub struct GuardLayer {
@@ -60,14 +62,18 @@ where
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let deadline = match client_timeout(request.headers().get("grpc-timeout")) {
             Some(client) if client < self.config.server_timeout => {
-                client.saturating_sub(DEADLINE_MARGIN)
+                client.saturating_sub((client / 10).clamp(DEADLINE_MARGIN.0, DEADLINE_MARGIN.1))
             }
             _ => self.config.server_timeout,
         };
         let limit = self.config.max_message_bytes;
         let response = self.inner.call(request);
+        let until = tokio::time::Instant::now() + deadline;
         Box::pin(async move {
-            match tokio::time::timeout(deadline, response).await {
+            // The handler sees the deadline too, and passes what is left of
+            // it to the database and Redis.
+            let response = crate::deadline::scope(until, response);
+            match tokio::time::timeout_at(until, response).await {
                 Ok(Ok(response)) => Ok(explain_oversize(response, limit)),
                 Ok(Err(error)) => Err(error),
                 Err(_) => Ok(Status::deadline_exceeded(format!(

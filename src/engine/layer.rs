@@ -79,8 +79,21 @@ pub struct Context<'a> {
     pub permissions: Option<PermissionSet>,
     pub source: PermissionSource,
     /// Raised by guards that let a request through but want it noticed
-    /// (reported with the decision and, later, audited).
+    /// (reported with the decision and audited).
     pub flags: Vec<&'static str>,
+    /// When the engine started on this query (audit latency).
+    pub started: std::time::Instant,
+}
+
+/// How a query ended, shown to every layer afterwards (audit, anomaly
+/// baselines).
+pub enum Outcome<'a> {
+    Decided(&'a crate::engine::Decision),
+    /// A layer failed (store down, rate limited, deadline): no decision.
+    Failed {
+        layer: LayerId,
+        error: &'a AuthzError,
+    },
 }
 
 pub trait Layer: Send + Sync {
@@ -103,6 +116,10 @@ pub trait Layer: Send + Sync {
     fn obligation(&self, _ctx: &Context<'_>) -> Option<Obligation> {
         None
     }
+
+    /// Sees how every query ended, whoever decided (audit, baselines).
+    /// Must not block: it runs on the decision path.
+    fn after(&self, _ctx: &Context<'_>, _outcome: &Outcome<'_>) {}
 
     /// The relationship check: allow when this layer granted the action.
     fn grant_check<'a>(&'a self, ctx: &'a mut Context<'_>) -> Check<'a> {

@@ -18,7 +18,7 @@ use crate::{
     store::Store,
 };
 use batch::BatchMemo;
-use layer::{Check, Context, DEFAULT_DENY, Layer, LayerId, Obligation, Step, Verdict};
+use layer::{Check, Context, DEFAULT_DENY, Layer, LayerId, Obligation, Outcome, Step, Verdict};
 use permissions::{Absence, PermissionSource, Resolver};
 
 /// The outcome of one query, with its explanation.
@@ -63,8 +63,15 @@ impl Engine {
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         max_chain_depth: u32,
+        database: Arc<crate::breaker::Breaker>,
     ) -> Self {
-        let resolver = Resolver::new(store, layers.clone(), metrics.clone(), max_chain_depth);
+        let resolver = Resolver::new(
+            store,
+            layers.clone(),
+            metrics.clone(),
+            max_chain_depth,
+            database,
+        );
         Engine {
             layers,
             resolver,
@@ -122,15 +129,32 @@ impl Engine {
             permissions: None,
             source: PermissionSource::None,
             flags: Vec::new(),
+            started: std::time::Instant::now(),
         };
         for layer in &self.layers {
-            let step = match layer.check(&mut ctx) {
-                Check::Ready(step) => step?,
-                Check::Later(step) => step.await?,
+            let step = match crate::deadline::check() {
+                Err(expired) => Err(expired),
+                Ok(()) => match layer.check(&mut ctx) {
+                    Check::Ready(step) => step,
+                    Check::Later(step) => step.await,
+                },
             };
-            if let Step::Decide(verdict) = step {
-                let decided_by = layer.id();
-                return Ok(self.finish(ctx, decided_by, verdict));
+            match step {
+                Ok(Step::Pass) => {}
+                Ok(Step::Decide(verdict)) => {
+                    let decided_by = layer.id();
+                    return Ok(self.finish(ctx, decided_by, verdict));
+                }
+                Err(error) => {
+                    let outcome = Outcome::Failed {
+                        layer: layer.id(),
+                        error: &error,
+                    };
+                    for layer in &self.layers {
+                        layer.after(&ctx, &outcome);
+                    }
+                    return Err(error);
+                }
             }
         }
         let verdict = default_deny(&ctx);
@@ -151,7 +175,7 @@ impl Engine {
         for flag in &ctx.flags {
             self.metrics.record_flag(flag);
         }
-        Decision {
+        let decision = Decision {
             verdict,
             decided_by,
             permissions: ctx
@@ -161,9 +185,14 @@ impl Engine {
                 .unwrap_or_default(),
             source: ctx.source,
             decision_id: Uuid::now_v7(),
-            flags: ctx.flags,
+            flags: ctx.flags.clone(),
             obligations,
+        };
+        let outcome = Outcome::Decided(&decision);
+        for layer in &self.layers {
+            layer.after(&ctx, &outcome);
         }
+        decision
     }
 }
 

@@ -2,11 +2,12 @@
 //! each action, and the resolver that computes a set on a cache miss with one
 //! database round trip.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use uuid::Uuid;
 
 use crate::{
+    breaker::Breaker,
     engine::{
         layer::{Layer, LayerId},
         stack::DESIGN_ORDER,
@@ -210,7 +211,12 @@ pub struct Resolver {
     metrics: Arc<Metrics>,
     /// Parent links walked for generation inheritance.
     max_chain_depth: u32,
+    /// Open while the database keeps failing: misses fail fast (layer 9).
+    database: Arc<Breaker>,
 }
+
+/// The longest a facts query may take when the request carries no deadline.
+const FACTS_DEADLINE: Duration = Duration::from_secs(5);
 
 impl Resolver {
     pub fn new(
@@ -218,13 +224,20 @@ impl Resolver {
         layers: Vec<Arc<dyn Layer>>,
         metrics: Arc<Metrics>,
         max_chain_depth: u32,
+        database: Arc<Breaker>,
     ) -> Self {
         Resolver {
             store,
             layers,
             metrics,
             max_chain_depth,
+            database,
         }
+    }
+
+    /// The database's circuit breaker (readiness reports it).
+    pub fn database(&self) -> &Arc<Breaker> {
+        &self.database
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -233,11 +246,41 @@ impl Resolver {
 
     /// One database round trip, then pure evaluation.
     pub async fn compute(&self, key: PermissionKey) -> Result<PermissionSet, AuthzError> {
+        if !self.database.allows() {
+            return Err(AuthzError::Unavailable(
+                "the database is unreachable (circuit breaker open) and no cached answer is \
+                 usable; retry shortly"
+                    .into(),
+            ));
+        }
         self.metrics.permission_computations.inc();
-        let facts = self
-            .store
-            .permission_facts(key.subject, key.resource, self.max_chain_depth)
-            .await?;
+        let budget = crate::deadline::budget(FACTS_DEADLINE);
+        let facts = tokio::time::timeout(
+            budget,
+            self.store
+                .permission_facts(key.subject, key.resource, self.max_chain_depth),
+        )
+        .await;
+        let facts = match facts {
+            Ok(Ok(facts)) => {
+                self.database.success();
+                facts
+            }
+            Ok(Err(e)) => {
+                if matches!(e, AuthzError::Unavailable(_)) {
+                    self.database.failure();
+                }
+                return Err(e);
+            }
+            Err(_) if budget < FACTS_DEADLINE => return Err(crate::deadline::expired()),
+            Err(_) => {
+                self.database.failure();
+                return Err(AuthzError::Unavailable(format!(
+                    "the database did not answer within {} s",
+                    FACTS_DEADLINE.as_secs()
+                )));
+            }
+        };
         let set = self.evaluate(facts.as_ref());
         if let Some(fault @ (Absence::ChainCycle | Absence::ChainTooDeep)) = set.absence {
             let kind = match fault {

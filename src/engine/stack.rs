@@ -9,12 +9,14 @@
 use std::sync::Arc;
 
 use crate::{
+    audit::AuditLog,
     cache::PermissionCache,
+    emergency::KillSwitches,
     engine::layer::Layer,
     layers::{
-        cache::CacheLayer, inheritance::GenerationInheritance, media_access::MediaAccess,
-        ownership::Ownership, security_context::SecurityContext, team::TeamAccess,
-        visibility::Visibility,
+        audit::Audit, cache::CacheLayer, emergency::Emergency, inheritance::GenerationInheritance,
+        media_access::MediaAccess, ownership::Ownership, rate_limit::RateLimit,
+        security_context::SecurityContext, team::TeamAccess, visibility::Visibility,
     },
     media_url::UrlSigner,
 };
@@ -35,17 +37,23 @@ pub const DESIGN_ORDER: [(u8, &str); 10] = [
 
 /// What the layers are built from.
 pub struct StackParts {
-    pub cache: Arc<PermissionCache>,
+    /// `None` when `[rate_limit] enabled = false`.
+    pub rate_limit: Option<Arc<RateLimit>>,
+    pub kill_switches: Arc<KillSwitches>,
     pub security: Arc<SecurityContext>,
+    pub cache: Arc<PermissionCache>,
     pub media_urls: Arc<UrlSigner>,
+    pub audit: Arc<AuditLog>,
 }
 
-/// The stack, in evaluation order. Positions not built yet are named so the
-/// whole design stays visible.
+/// The stack, in evaluation order.
 pub fn layer_stack(parts: StackParts) -> Vec<Arc<dyn Layer>> {
-    vec![
-        // 10 rate limiting: not built yet.
-        // 9 emergency and recovery: not built yet.
+    let mut stack: Vec<Arc<dyn Layer>> = Vec::with_capacity(DESIGN_ORDER.len());
+    if let Some(rate_limit) = parts.rate_limit {
+        stack.push(rate_limit);
+    }
+    stack.extend([
+        Arc::new(Emergency::new(parts.kill_switches, parts.cache.clone())) as Arc<dyn Layer>,
         parts.security,
         Arc::new(CacheLayer::new(parts.cache)),
         Arc::new(Ownership),
@@ -53,63 +61,39 @@ pub fn layer_stack(parts: StackParts) -> Vec<Arc<dyn Layer>> {
         Arc::new(Visibility),
         Arc::new(GenerationInheritance),
         Arc::new(MediaAccess::new(parts.media_urls)),
-        // 8 audit: not built yet.
-    ]
+        // Decides nothing: records every outcome after the fact.
+        Arc::new(Audit::new(parts.audit)),
+    ]);
+    stack
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{
-        freshness::Freshness,
-        layers::security_context::SecurityContextConfig,
-        media_url::MediaUrlConfig,
-        metrics::Metrics,
-        store::{self, PoolConfig},
-    };
-    use std::time::Duration;
+    use crate::{config::Settings, metrics::Metrics, server::assemble, store};
 
     #[tokio::test]
-    async fn built_layers_follow_the_design_order() {
-        let metrics = Arc::new(Metrics::new());
-        let freshness = Arc::new(Freshness::new(0, Duration::from_secs(1), metrics.clone()));
-        let cache = Arc::new(PermissionCache::new(
-            16,
-            Duration::from_secs(1),
-            freshness.clone(),
-            metrics,
-        ));
-        let pool = PoolConfig {
-            max_connections: 1,
-            acquire_timeout: Duration::from_secs(1),
-        };
-        let store = store::connect("sqlite::memory:", &pool)
+    async fn the_ten_layers_follow_the_design_order() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let mut settings = Settings::defaults().unwrap_or_else(|e| panic!("{e}"));
+        settings.database_url = "sqlite::memory:".into();
+        settings.db_max_connections = 1;
+        settings.rate_limit.enabled = true;
+        settings.audit.spill_path = dir.path().join("audit.spill");
+        let store = store::connect(&settings.database_url, &settings.pool())
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        let security = SecurityContext::new(
-            &SecurityContextConfig::default(),
-            store,
-            freshness,
-            cache.clone(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let media_urls =
-            UrlSigner::new(&MediaUrlConfig::default()).unwrap_or_else(|e| panic!("{e}"));
-        let built: Vec<(u8, &str)> = layer_stack(StackParts {
-            cache,
-            security: Arc::new(security),
-            media_urls: Arc::new(media_urls),
-        })
-        .iter()
-        .map(|l| (l.id().position, l.id().name))
-        .collect();
-        let mut design = DESIGN_ORDER.iter();
-        for layer in &built {
-            assert!(
-                design.any(|d| d == layer),
-                "layer {layer:?} is out of the design order {DESIGN_ORDER:?}"
-            );
-        }
-        assert_eq!(built.len(), 7, "{built:?}");
+        store.migrate().await.unwrap_or_else(|e| panic!("{e}"));
+        let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let assembled = assemble(&settings, store, Arc::new(Metrics::new()), stop_rx)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let built: Vec<(u8, &str)> = assembled
+            .engine
+            .layers()
+            .iter()
+            .map(|l| (l.id().position, l.id().name))
+            .collect();
+        assert_eq!(built, DESIGN_ORDER, "the stack is the design, in order");
     }
 }

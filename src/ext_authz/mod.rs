@@ -101,6 +101,16 @@ impl Deny {
                 deny.headers.push(("retry-after", "1".into()));
                 deny
             }
+            AuthzError::RateLimited {
+                message,
+                retry_after,
+            } => {
+                let mut deny = Deny::new(HttpStatusCode::TooManyRequests, "RATE_LIMITED", message);
+                // Whole seconds, rounded up (RFC 9110).
+                let seconds = retry_after.as_millis().div_ceil(1000).max(1);
+                deny.headers.push(("retry-after", seconds.to_string()));
+                deny
+            }
             AuthzError::Unavailable(_)
             | AuthzError::DeadlineExceeded(_)
             | AuthzError::Internal(_) => {

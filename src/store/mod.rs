@@ -2,6 +2,7 @@
 //! default. Pools are built once at start-up.
 
 pub mod auth;
+pub mod control;
 mod sql;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
@@ -66,7 +67,7 @@ pub enum Chain {
 pub type ChangeRow = (i64, String, Option<String>, Option<String>, Option<String>);
 
 #[tonic::async_trait]
-pub trait Store: auth::AuthStore + Send + Sync {
+pub trait Store: auth::AuthStore + control::ControlStore + Send + Sync {
     fn backend(&self) -> Backend;
 
     /// Applies the migrations of this backend's dialect.

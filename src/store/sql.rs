@@ -389,6 +389,10 @@ macro_rules! sql_store {
 
 super::auth::auth_store!(PgStore, |id: Uuid| id);
 super::auth::auth_store!(SqliteStore, |id: Uuid| id.hyphenated().to_string());
+super::control::control_store!(PgStore, sqlx::Postgres, |id: Uuid| id);
+super::control::control_store!(SqliteStore, sqlx::Sqlite, |id: Uuid| id
+    .hyphenated()
+    .to_string());
 
 sql_store!(
     PgStore,

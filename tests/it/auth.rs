@@ -496,3 +496,35 @@ async fn a_login_warms_the_cache_for_the_first_requests() {
     assert_eq!(w.server.metric("velro_authz_redis_breaker_open").await, 0.0);
     w.server.stop().await;
 }
+
+/// With a bearer token and no `context.session_id`, the security context layer
+/// checks the token's own session (started from 192.0.2.10 by the login).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_session_is_checked_by_the_security_context() {
+    let w = auth_server(Db::Sqlite, |s| {
+        s.security_context.session_network_change =
+            velro_authz::layers::security_context::ChangePolicy::Deny;
+    })
+    .await;
+    let token = w.tokens(w.world.viewer).await.access_token;
+    let from = |ip: &str| proto::AuthorizeRequest {
+        subject_token: token.clone(),
+        action: "read".into(),
+        resource: Some(proto::Resource {
+            r#type: "project".into(),
+            id: w.world.team.project.to_string(),
+        }),
+        context: Some(proto::RequestContext {
+            ip: ip.into(),
+            user_agent: "velro-tests/1".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let same = w.server.decide(from("192.0.2.99")).await;
+    assert_eq!(same.decision(), Decision::Allow, "{same:?}");
+    let moved = w.server.decide(from("198.51.100.7")).await;
+    assert_eq!(moved.decision(), Decision::Deny, "{moved:?}");
+    assert_eq!(moved.reason, "SESSION_NETWORK_CHANGED");
+    w.server.stop().await;
+}

@@ -138,11 +138,16 @@ async fn parent_link_changes(kind: Db) {
         server.decide(request)
     };
     assert_eq!(cached().await.decision(), Decision::Allow);
-    // Warm: the next answer comes from the in-process tier.
-    assert_eq!(
-        cached().await.source(),
-        proto::PermissionSource::InProcessCache
-    );
+    // Warm: soon the answer comes from the in-process tier (once the
+    // replica has read the insert of `child` from the change log).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while cached().await.source() != proto::PermissionSource::InProcessCache {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never answered from the in-process tier"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     db.execute(&format!(
         "UPDATE generations SET parent_id = NULL WHERE id = '{child}'"
     ))

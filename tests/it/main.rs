@@ -4,15 +4,19 @@
 
 mod common;
 
+mod audit;
 mod auth;
 mod bad_input;
 mod batch;
 mod cli;
+mod deadlines;
+mod emergency;
 mod ext_authz;
 mod inheritance;
 mod invalidation;
 mod loadgen;
 mod media_urls;
+mod rate_limit;
 mod reference_model;
 mod rules;
 mod security_context;

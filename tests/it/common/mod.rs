@@ -6,6 +6,7 @@
 pub mod fixture;
 pub mod login;
 pub mod proxy;
+pub mod raw_grpc;
 pub mod redis;
 
 use std::time::Duration;
@@ -163,6 +164,9 @@ pub fn settings(database_url: &str) -> Settings {
     // Cheap password hashing: tests check behaviour, not hash strength.
     s.argon2_memory_kib = 1024;
     s.argon2_iterations = 1;
+    // Each server spills audit events to a file of its own.
+    s.audit.spill_path =
+        std::env::temp_dir().join(format!("velro-test-audit-{}.spill", uuid::Uuid::new_v4()));
     s
 }
 
@@ -235,6 +239,22 @@ impl TestServer {
             .filter(|(name, _)| *name == sample)
             .map(|(_, v)| v.parse::<f64>().unwrap_or_else(|e| panic!("{sample}: {e}")))
             .sum()
+    }
+
+    /// Waits (up to 10 s) until a metric sample reaches `at_least`.
+    pub async fn metric_reaches(&self, sample: &str, at_least: f64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let value = self.metric(sample).await;
+            if value >= at_least {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{sample} is {value} after 10 s, not {at_least}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn stop(mut self) {

@@ -1,5 +1,6 @@
 //! A loopback TCP proxy that a test can cut (every connection dropped, new
-//! ones refused) and restore, to simulate a dependency going away.
+//! ones refused), stall (connections accepted and never answered) and
+//! restore, to simulate a dependency going away or hanging.
 
 use std::{
     net::SocketAddr,
@@ -14,6 +15,8 @@ use tokio::{net::TcpListener, task::JoinHandle};
 pub struct Proxy {
     pub addr: SocketAddr,
     open: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
+    held: Arc<Mutex<Vec<tokio::net::TcpStream>>>,
     connections: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
@@ -25,14 +28,25 @@ impl Proxy {
             .unwrap_or_else(|e| panic!("{e}"));
         let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
         let open = Arc::new(AtomicBool::new(true));
+        let stalled = Arc::new(AtomicBool::new(false));
+        let held: Arc<Mutex<Vec<tokio::net::TcpStream>>> = Arc::default();
         let connections: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let accept = {
             let open = open.clone();
+            let stalled = stalled.clone();
+            let held = held.clone();
             let connections = connections.clone();
             tokio::spawn(async move {
                 while let Ok((mut client, _)) = listener.accept().await {
                     if !open.load(Ordering::SeqCst) {
                         continue; // dropped: the caller sees the connection close
+                    }
+                    if stalled.load(Ordering::SeqCst) {
+                        // Accepted, never answered.
+                        if let Ok(mut list) = held.lock() {
+                            list.push(client);
+                        }
+                        continue;
                     }
                     let task = tokio::spawn(async move {
                         if let Ok(mut server) = tokio::net::TcpStream::connect(upstream).await {
@@ -49,6 +63,8 @@ impl Proxy {
         Proxy {
             addr,
             open,
+            stalled,
+            held,
             connections,
             accept,
         }
@@ -64,7 +80,19 @@ impl Proxy {
         }
     }
 
+    /// Drops every connection; new ones are accepted and never answered.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+        self.cut();
+        self.open.store(true, Ordering::SeqCst);
+    }
+
+    /// Forwards again; stalled connections are closed.
     pub fn restore(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
+        if let Ok(mut list) = self.held.lock() {
+            list.clear();
+        }
         self.open.store(true, Ordering::SeqCst);
     }
 }

@@ -1,0 +1,184 @@
+//! Layer 8's machinery: every decision becomes an audit event that never
+//! slows the decision path. A bounded queue feeds one batched writer into
+//! the `audit_log` table (and, when configured, JSON lines for a SIEM). When
+//! the queue is full or the database is down, events go to a local spill
+//! file, replayed when the database is back. Rows are keyed by the event id
+//! and inserted with "on conflict do nothing", so a replay never writes an
+//! event twice.
+
+mod bursts;
+mod spill;
+mod writer;
+
+use std::{path::PathBuf, sync::Arc, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tokio::{sync::mpsc, task::JoinHandle};
+use uuid::Uuid;
+
+use crate::{config::HumanDuration, metrics::Metrics, store::Store};
+pub use spill::Spill;
+
+/// `[audit]` in the TOML file.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// Events waiting for the writer; beyond this they go to the spill file.
+    pub queue: usize,
+    /// Rows per insert.
+    pub batch: usize,
+    /// Where events go when the queue is full or the database is down.
+    pub spill_path: PathBuf,
+    /// How often the spill file is replayed while it holds events.
+    pub replay_every: HumanDuration,
+    /// `stdout`, or a file path: also write every event as one JSON line.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub json_lines: Option<String>,
+    /// This many denials of one principal (or on one resource) within
+    /// `burst_window` raise a security alert; 0 turns detection off.
+    pub burst_denials: u32,
+    pub burst_window: HumanDuration,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            queue: 65_536,
+            batch: 500,
+            spill_path: PathBuf::from("velro-authz-audit.spill"),
+            replay_every: HumanDuration(Duration::from_secs(1)),
+            json_lines: None,
+            burst_denials: 20,
+            burst_window: HumanDuration(Duration::from_secs(10)),
+        }
+    }
+}
+
+/// One audit record: a decision, an error instead of a decision, a security
+/// alert or an administrative action.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEvent {
+    /// The decision id for decisions; a fresh UUIDv7 otherwise.
+    pub id: Uuid,
+    /// Unix milliseconds.
+    pub at_ms: i64,
+    /// `decision`, `error`, `alert` or `admin`.
+    pub kind: String,
+    pub subject: String,
+    pub action: String,
+    pub resource_type: String,
+    pub resource_id: String,
+    /// `allow`, `deny`, an error code name, or the alert/admin verb.
+    pub decision: String,
+    pub layer: String,
+    pub reason: String,
+    pub message: String,
+    /// Where the permission set came from (`in_process`, `redis`, …).
+    pub cache_tier: String,
+    pub latency_us: i64,
+    pub request_id: String,
+    pub client_ip: String,
+    pub session_id: String,
+    /// Flags raised by guards, comma-separated.
+    pub flags: String,
+}
+
+/// Which events a query wants.
+#[derive(Clone, Debug, Default)]
+pub struct AuditFilter {
+    pub subject: Option<String>,
+    /// (type, id)
+    pub resource: Option<(String, String)>,
+    pub since_ms: i64,
+    pub limit: i64,
+}
+
+/// The sending side, shared by every layer and RPC that records events.
+pub struct AuditLog {
+    queue: mpsc::Sender<AuditEvent>,
+    spill: Arc<Spill>,
+    sink: Arc<writer::JsonLines>,
+    metrics: Arc<Metrics>,
+}
+
+impl AuditLog {
+    /// Starts the writer; it runs until `stop` turns true, then writes what
+    /// is queued and ends.
+    pub fn start(
+        config: &AuditConfig,
+        store: Arc<dyn Store>,
+        metrics: Arc<Metrics>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(Arc<AuditLog>, JoinHandle<()>), String> {
+        let (queue, receiver) = mpsc::channel(config.queue.max(1));
+        let spill = Arc::new(Spill::open(&config.spill_path)?);
+        let sink = Arc::new(writer::JsonLines::open(config.json_lines.as_deref())?);
+        let log = Arc::new(AuditLog {
+            queue,
+            spill: spill.clone(),
+            sink: sink.clone(),
+            metrics: metrics.clone(),
+        });
+        let task = tokio::spawn(
+            writer::Writer {
+                receiver,
+                store,
+                spill,
+                sink,
+                bursts: bursts::Bursts::new(config.burst_denials, config.burst_window.0),
+                batch: config.batch.max(1),
+                replay_every: config.replay_every.0,
+                metrics,
+            }
+            .run(stop),
+        );
+        Ok((log, task))
+    }
+
+    /// Hands an event to the writer without waiting; when the queue is full
+    /// the event goes to the spill file instead (never dropped).
+    pub fn record(&self, event: AuditEvent) {
+        match self.queue.try_send(event) {
+            Ok(()) => {}
+            Err(
+                mpsc::error::TrySendError::Full(event) | mpsc::error::TrySendError::Closed(event),
+            ) => {
+                self.metrics.ops.audit_spilled.inc();
+                let events = [event];
+                self.sink.write(&events);
+                if let Err(e) = self.spill.append(&events) {
+                    // Nowhere left to put it: say so loudly, with the event.
+                    self.metrics.ops.audit_lost.inc();
+                    tracing::error!("audit event lost: cannot write the spill file: {e}");
+                }
+            }
+        }
+    }
+
+    /// Events queued and not yet taken by the writer.
+    pub fn queued(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    /// Records a security alert (anomaly, denial burst) and counts it.
+    pub fn alert(&self, kind: &'static str, subject: &str, message: String) {
+        self.metrics.record_security_alert(kind);
+        tracing::warn!(kind, subject, "{message}");
+        self.record(AuditEvent {
+            id: Uuid::now_v7(),
+            at_ms: now_ms(),
+            kind: "alert".into(),
+            subject: subject.to_owned(),
+            decision: "alert".into(),
+            reason: kind.to_ascii_uppercase(),
+            message,
+            ..AuditEvent::default()
+        });
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
