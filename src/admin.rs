@@ -14,7 +14,8 @@ use crate::{
     store::{self, Store},
 };
 
-async fn open(settings: &Settings) -> Result<Arc<dyn Store>, AuthzError> {
+/// The configured database, migrated.
+pub async fn open(settings: &Settings) -> Result<Arc<dyn Store>, AuthzError> {
     let store = store::connect(&settings.database_url, &settings.pool()).await?;
     store.migrate().await?;
     Ok(store)
@@ -141,4 +142,106 @@ pub fn verify_media_url(
     url_signer(settings)?
         .verify(url, ip, now_unix() as i64)
         .map_err(|r| AuthzError::PermissionDenied(format!("{}: {}", r.reason(), r.message())))
+}
+
+/// Recent audit events as JSON lines (same fields as the `QueryAudit` RPC).
+pub async fn query_audit(
+    settings: &Settings,
+    subject: Option<String>,
+    resource: Option<String>,
+    limit: u32,
+    since_ms: i64,
+) -> Result<Vec<String>, AuthzError> {
+    use crate::proto::query_audit_request::Target;
+    let target = match (subject, resource) {
+        (Some(subject), _) => Some(Target::Subject(subject)),
+        (None, Some(resource)) => {
+            let (kind, id) = resource.split_once(':').ok_or_else(|| {
+                AuthzError::invalid(format!("--resource must be type:id, got {resource:?}"))
+            })?;
+            Some(Target::Resource(crate::proto::Resource {
+                r#type: kind.to_owned(),
+                id: id.to_owned(),
+            }))
+        }
+        (None, None) => None,
+    };
+    let store = open(settings).await?;
+    let request = crate::proto::QueryAuditRequest {
+        target,
+        since_ms,
+        limit,
+    };
+    let events = crate::control::query_audit(store.as_ref(), &request).await;
+    store.close().await;
+    events?
+        .into_iter()
+        .map(|e| {
+            serde_json::to_string(&serde_json::json!({
+                "id": e.id, "at_ms": e.at_ms, "kind": e.kind, "subject": e.subject,
+                "action": e.action,
+                "resource": e.resource.map(|r| format!("{}:{}", r.r#type, r.id)),
+                "decision": e.decision, "layer": e.layer, "reason": e.reason,
+                "message": e.message, "cache_tier": e.cache_tier, "latency_us": e.latency_us,
+                "request_id": e.request_id, "client_ip": e.client_ip,
+                "session_id": e.session_id, "flags": e.flags,
+            }))
+            .map_err(|e| AuthzError::Internal(e.to_string()))
+        })
+        .collect()
+}
+
+/// Sets a kill switch and audits it; what to tell the operator.
+pub async fn set_kill_switch(
+    settings: &Settings,
+    scope: &str,
+    reason: &str,
+    set_by: &str,
+) -> Result<Vec<String>, AuthzError> {
+    let store = open(settings).await?;
+    let event = crate::control::set_switch(store.as_ref(), scope, reason, set_by).await?;
+    store.insert_audit(&[event]).await?;
+    store.close().await;
+    Ok(vec![format!(
+        "kill switch {scope} set; every replica denies within change_poll"
+    )])
+}
+
+/// Lifts a kill switch and audits it.
+pub async fn clear_kill_switch(
+    settings: &Settings,
+    scope: &str,
+    set_by: &str,
+) -> Result<Vec<String>, AuthzError> {
+    let store = open(settings).await?;
+    let done = crate::control::clear_switch(store.as_ref(), scope, set_by).await?;
+    let line = match done {
+        Some(event) => {
+            store.insert_audit(&[event]).await?;
+            format!("kill switch {scope} lifted")
+        }
+        None => format!("no kill switch {scope} was set"),
+    };
+    store.close().await;
+    Ok(vec![line])
+}
+
+/// The kill switches stored, one line each.
+pub async fn list_kill_switches(settings: &Settings) -> Result<Vec<String>, AuthzError> {
+    let store = open(settings).await?;
+    let switches = crate::control::list_switches(store.as_ref()).await;
+    store.close().await;
+    let lines: Vec<String> = switches?
+        .into_iter()
+        .map(|s| {
+            format!(
+                "{}\tset by {} at {} (unix ms)\t{}",
+                s.scope, s.set_by, s.set_at_ms, s.reason
+            )
+        })
+        .collect();
+    Ok(match lines.is_empty() {
+        true => vec!["no kill switch is set".to_owned()],
+        false => lines,
+    })
 }
