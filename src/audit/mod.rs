@@ -54,6 +54,10 @@ impl Default for AuditConfig {
     }
 }
 
+/// Text that is usually a constant (`"decision"`, `"allow"`, a layer or
+/// reason name): borrowed on the decision path, owned when read back.
+pub type Text = std::borrow::Cow<'static, str>;
+
 /// One audit record: a decision, an error instead of a decision, a security
 /// alert or an administrative action.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,18 +67,18 @@ pub struct AuditEvent {
     /// Unix milliseconds.
     pub at_ms: i64,
     /// `decision`, `error`, `alert` or `admin`.
-    pub kind: String,
+    pub kind: Text,
     pub subject: String,
-    pub action: String,
-    pub resource_type: String,
+    pub action: Text,
+    pub resource_type: Text,
     pub resource_id: String,
     /// `allow`, `deny`, an error code name, or the alert/admin verb.
-    pub decision: String,
-    pub layer: String,
-    pub reason: String,
+    pub decision: Text,
+    pub layer: Text,
+    pub reason: Text,
     pub message: String,
     /// Where the permission set came from (`in_process`, `redis`, …).
-    pub cache_tier: String,
+    pub cache_tier: Text,
     pub latency_us: i64,
     pub request_id: String,
     pub client_ip: String,
@@ -170,7 +174,7 @@ impl AuditLog {
             kind: "alert".into(),
             subject: subject.to_owned(),
             decision: "alert".into(),
-            reason: kind.to_ascii_uppercase(),
+            reason: kind.to_ascii_uppercase().into(),
             message,
             ..AuditEvent::default()
         });

@@ -127,7 +127,7 @@ impl Writer {
                     kind: "alert".into(),
                     subject: burst.key.clone(),
                     decision: "alert".into(),
-                    reason: burst.kind.to_ascii_uppercase(),
+                    reason: burst.kind.to_ascii_uppercase().into(),
                     message: format!(
                         "{} denials for {} within the burst window",
                         burst.denials, burst.key

@@ -69,16 +69,16 @@ impl From<AuditRow> for AuditEvent {
         AuditEvent {
             id: uuid::Uuid::parse_str(&r.id).unwrap_or_default(),
             at_ms: r.at_ms,
-            kind: r.kind,
+            kind: r.kind.into(),
             subject: r.subject,
-            action: r.action,
-            resource_type: r.resource_type,
+            action: r.action.into(),
+            resource_type: r.resource_type.into(),
             resource_id: r.resource_id,
-            decision: r.decision,
-            layer: r.layer,
-            reason: r.reason,
+            decision: r.decision.into(),
+            layer: r.layer.into(),
+            reason: r.reason.into(),
             message: r.message,
-            cache_tier: r.cache_tier,
+            cache_tier: r.cache_tier.into(),
             latency_us: r.latency_us,
             request_id: r.request_id,
             client_ip: r.client_ip,
@@ -107,16 +107,16 @@ macro_rules! control_store {
                     query.push_values(chunk, |mut row, e| {
                         row.push_bind(e.id.to_string())
                             .push_bind(e.at_ms)
-                            .push_bind(e.kind.clone())
+                            .push_bind(e.kind.to_string())
                             .push_bind(e.subject.clone())
-                            .push_bind(e.action.clone())
-                            .push_bind(e.resource_type.clone())
+                            .push_bind(e.action.to_string())
+                            .push_bind(e.resource_type.to_string())
                             .push_bind(e.resource_id.clone())
-                            .push_bind(e.decision.clone())
-                            .push_bind(e.layer.clone())
-                            .push_bind(e.reason.clone())
+                            .push_bind(e.decision.to_string())
+                            .push_bind(e.layer.to_string())
+                            .push_bind(e.reason.to_string())
                             .push_bind(e.message.clone())
-                            .push_bind(e.cache_tier.clone())
+                            .push_bind(e.cache_tier.to_string())
                             .push_bind(e.latency_us)
                             .push_bind(e.request_id.clone())
                             .push_bind(e.client_ip.clone())

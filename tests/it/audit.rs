@@ -128,25 +128,25 @@ async fn every_decision(kind: Db) {
     let first = rows.iter().find(|e| e.id.to_string() == ids[0]).unwrap();
     assert_eq!(first.subject, w.viewer.to_string());
     assert_eq!(
-        (first.action.as_str(), first.resource_type.as_str()),
+        (first.action.as_ref(), first.resource_type.as_ref()),
         ("read", "project")
     );
     assert_eq!(first.resource_id, w.team.project.to_string());
     assert_eq!(
-        (first.decision.as_str(), first.layer.as_str()),
+        (first.decision.as_ref(), first.layer.as_ref()),
         ("allow", "team")
     );
     assert_eq!(first.reason, "TEAM_ROLE");
     assert_eq!(first.request_id, format!("req-{}", w.viewer));
     assert_eq!(first.client_ip, "192.0.2.7");
-    assert!(["computed", "in_process"].contains(&first.cache_tier.as_str()));
+    assert!(["computed", "in_process"].contains(&first.cache_tier.as_ref()));
     assert!(first.latency_us >= 0 && first.at_ms > 0);
     let early = rows.iter().find(|e| e.id.to_string() == ids[8]).unwrap();
     assert_eq!(
         (
-            early.decision.as_str(),
-            early.layer.as_str(),
-            early.reason.as_str()
+            early.decision.as_ref(),
+            early.layer.as_ref(),
+            early.reason.as_ref()
         ),
         ("deny", "security_context", "USER_AGENT_DENIED")
     );
@@ -298,7 +298,7 @@ async fn a_burst_of_denials_raises_alerts() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let mut reasons: Vec<&str> = alerts.iter().map(|a| a.reason.as_str()).collect();
+    let mut reasons: Vec<&str> = alerts.iter().map(|a| a.reason.as_ref()).collect();
     reasons.sort();
     assert_eq!(reasons, ["DENIAL_BURST_PRINCIPAL", "DENIAL_BURST_RESOURCE"]);
     assert!(alerts.iter().any(|a| a.subject == w.outsider.to_string()));

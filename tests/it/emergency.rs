@@ -174,7 +174,7 @@ async fn kill_switches(kind: Db) {
             .unwrap()
             .into_inner()
             .events;
-        let verbs: Vec<&str> = events.iter().map(|e| e.decision.as_str()).collect();
+        let verbs: Vec<&str> = events.iter().map(|e| e.decision.as_ref()).collect();
         if verbs.len() == 8 {
             assert_eq!(verbs.iter().filter(|v| **v == "kill_switch_set").count(), 4);
             assert_eq!(
