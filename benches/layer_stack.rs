@@ -182,11 +182,19 @@ fn layer_stack_bench(c: &mut Criterion) {
             audit: assembled.audit,
         }
     });
+    // A team-visible project of the member's team with a media object: the
+    // member may read both (checked below, so every "hit" case is an allow).
     let project = data
         .projects
         .iter()
-        .find(|p| p.team_id == Some(team_member.team_id))
-        .unwrap_or(&data.projects[0]);
+        .find(|p| {
+            p.team_id == Some(team_member.team_id)
+                && p.visibility == velro_authz::model::Visibility::Team
+                && data.generations.iter().any(|g| {
+                    g.project_id == p.id && data.media.iter().any(|m| m.generation_id == g.id)
+                })
+        })
+        .unwrap();
     let query = Query {
         subject: team_member.user_id,
         action: Action::Read,
@@ -238,6 +246,23 @@ fn layer_stack_bench(c: &mut Criterion) {
         }
     };
 
+    runtime.block_on(async {
+        let ask = |query| {
+            engines
+                .full
+                .decide(query, Consistency::MinimizeLatency, &facts)
+        };
+        assert!(
+            ask(query).await.unwrap().verdict.allow,
+            "the hit cases allow"
+        );
+        assert!(!ask(denied).await.unwrap().verdict.allow);
+        let media = ask(media_read).await.unwrap();
+        assert!(
+            media.verdict.allow && !media.obligations.is_empty(),
+            "a signed URL"
+        );
+    });
     let mut group = c.benchmark_group("layer_stack");
     group.throughput(Throughput::Elements(1));
     let mut cases: Vec<(&str, &Arc<Engine>, Query, &RequestFacts)> = vec![

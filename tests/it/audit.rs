@@ -96,17 +96,7 @@ async fn every_decision(kind: Db) {
         action: "read".into(),
         ..Default::default()
     });
-    let results = server
-        .client
-        .clone()
-        .batch_authorize(proto::BatchAuthorizeRequest {
-            items,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .results;
+    let results = server.batch(items).await;
     for result in &results[..5] {
         match &result.outcome {
             Some(proto::batch_result::Outcome::Response(r)) => ids.push(r.decision_id.clone()),
@@ -218,10 +208,9 @@ async fn a_full_queue_spills_and_nothing_is_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_of_a_database_outage_are_replayed_once() {
-    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let via = proxy.addr.to_string();
+    let proxy = Proxy::postgres().await;
     let (db, w, server) = world_server(Db::Postgres, |s| {
-        s.database_url = s.database_url.replacen("127.0.0.1:5432", &via, 1);
+        s.database_url = proxy.route(&s.database_url);
         s.db_acquire_timeout = HumanDuration(Duration::from_millis(300));
         s.cache_max_lag = HumanDuration(Duration::from_secs(60));
         s.audit.replay_every = HumanDuration(Duration::from_millis(200));

@@ -197,10 +197,9 @@ on_both_databases!(kill_switches_reach_every_replica, kill_switches);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_database_degrades_to_cached_answers_then_recovers() {
-    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let via = proxy.addr.to_string();
+    let proxy = Proxy::postgres().await;
     let (_db, w, server) = world_server(Db::Postgres, |s| {
-        s.database_url = s.database_url.replacen("127.0.0.1:5432", &via, 1);
+        s.database_url = proxy.route(&s.database_url);
         s.db_acquire_timeout = HumanDuration(Duration::from_millis(300));
         s.change_poll = HumanDuration(Duration::from_millis(50));
         s.cache_max_lag = HumanDuration(Duration::from_secs(2));

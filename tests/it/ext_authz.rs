@@ -224,10 +224,9 @@ async fn envoy_checks_through_the_stack() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_outage_is_a_503_deny_not_an_error() {
-    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let via = proxy.addr.to_string();
+    let proxy = Proxy::postgres().await;
     let w = auth_server(Db::Postgres, |s| {
-        s.database_url = s.database_url.replacen("127.0.0.1:5432", &via, 1);
+        s.database_url = proxy.route(&s.database_url);
         s.db_acquire_timeout = HumanDuration(Duration::from_millis(500));
     })
     .await;

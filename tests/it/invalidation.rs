@@ -112,11 +112,8 @@ on_both_databases!(two_replicas_follow_plain_sql_writes, replicas_follow_writes)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_cut_off_from_the_log_stops_answering_from_cache() {
     let (db, w) = seeded(Db::Postgres).await;
-    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let mut s = settings(
-        &db.url
-            .replacen("127.0.0.1:5432", &proxy.addr.to_string(), 1),
-    );
+    let proxy = Proxy::postgres().await;
+    let mut s = settings(&proxy.route(&db.url));
     s.cache_max_lag = HumanDuration(Duration::from_secs(1));
     s.db_acquire_timeout = HumanDuration(Duration::from_millis(300));
     let server = TestServer::start(s).await;

@@ -204,11 +204,10 @@ async fn ip_binding_rotation_and_expiry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_url_is_checked_while_the_database_is_down() {
-    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap()).await;
-    let via = proxy.addr.to_string();
+    let proxy = Proxy::postgres().await;
     let (_db, w, server) = world_server(Db::Postgres, |s| {
         keys(s, &["k1"]);
-        s.database_url = s.database_url.replacen("127.0.0.1:5432", &via, 1);
+        s.database_url = proxy.route(&s.database_url);
         s.db_acquire_timeout = HumanDuration(Duration::from_millis(500));
     })
     .await;

@@ -146,14 +146,9 @@ async fn a_lost_database_fails_closed() {
         .insert_dataset(&w.data)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let proxy = Proxy::start("127.0.0.1:5432".parse().unwrap_or_else(|e| panic!("{e}"))).await;
-    let via_proxy = db
-        .url
-        .replacen("127.0.0.1:5432", &proxy.addr.to_string(), 1);
-    assert_ne!(
-        via_proxy, db.url,
-        "the test database URL must name 127.0.0.1:5432"
-    );
+    let proxy = Proxy::postgres().await;
+    let via_proxy = proxy.route(&db.url);
+    assert_ne!(via_proxy, db.url, "the URL goes through the proxy");
     let mut s = settings(&via_proxy);
     s.db_acquire_timeout = HumanDuration(Duration::from_millis(500));
     let mut server = TestServer::start(s).await;

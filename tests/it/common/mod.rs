@@ -206,6 +206,23 @@ impl TestServer {
             .into_inner()
     }
 
+    /// BatchAuthorize over gRPC, expecting an answer for the call.
+    pub async fn batch(
+        &self,
+        items: Vec<velro_authz::proto::BatchItem>,
+    ) -> Vec<velro_authz::proto::BatchResult> {
+        self.client
+            .clone()
+            .batch_authorize(velro_authz::proto::BatchAuthorizeRequest {
+                items,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("BatchAuthorize failed: {e}"))
+            .into_inner()
+            .results
+    }
+
     /// The change log's newest revision, through GetRevision.
     pub async fn revision(&self) -> i64 {
         self.client

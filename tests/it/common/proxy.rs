@@ -21,7 +21,30 @@ pub struct Proxy {
     accept: JoinHandle<()>,
 }
 
+/// The `host:port` of a URL like `postgres://user@host:port/db`.
+fn authority(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.rsplit_once('@').map_or(rest, |(_, rest)| rest);
+    rest.split(['/', '?']).next().unwrap_or(rest)
+}
+
 impl Proxy {
+    /// A proxy in front of the tests' PostgreSQL server.
+    pub async fn postgres() -> Proxy {
+        let admin = super::postgres_admin_url();
+        let upstream = tokio::net::lookup_host(authority(&admin))
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .unwrap_or_else(|| panic!("cannot resolve the PostgreSQL address of {admin}"));
+        Proxy::start(upstream).await
+    }
+
+    /// `url` with its server replaced by this proxy.
+    pub fn route(&self, url: &str) -> String {
+        url.replacen(authority(url), &self.addr.to_string(), 1)
+    }
+
     pub async fn start(upstream: SocketAddr) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await

@@ -1,0 +1,115 @@
+//! The audit writer's sustained rate into PostgreSQL: events are queued as
+//! fast as the caller can, and the time runs until the last one is a row.
+//! Needs the PostgreSQL of `VELRO_TEST_POSTGRES_URL` (default the local
+//! one); a database of its own is created and dropped.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::{sync::Arc, time::Duration};
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use sqlx::Connection;
+use uuid::Uuid;
+use velro_authz::{
+    audit::{AuditConfig, AuditEvent, AuditLog, now_ms},
+    metrics::Metrics,
+    store::{self, PoolConfig},
+};
+
+fn event(subject: &str, resource: &str) -> AuditEvent {
+    AuditEvent {
+        id: Uuid::now_v7(),
+        at_ms: now_ms(),
+        kind: "decision".into(),
+        subject: subject.to_owned(),
+        action: "read".into(),
+        resource_type: "project".into(),
+        resource_id: resource.to_owned(),
+        decision: "allow".into(),
+        layer: "team".into(),
+        reason: "TEAM_ROLE".into(),
+        message: format!("{subject} may read project:{resource}: granted by the team layer"),
+        cache_tier: "in_process".into(),
+        latency_us: 3,
+        request_id: "req-1".into(),
+        client_ip: "192.0.2.7".into(),
+        ..AuditEvent::default()
+    }
+}
+
+fn audit_writer_bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let admin = std::env::var("VELRO_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!("velro_bench_{}", Uuid::new_v4().simple());
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+    let url = format!("{base}/{name}");
+    let dir = tempfile::tempdir().unwrap();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics = Arc::new(Metrics::new());
+    let log = runtime.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin}: {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let pool = PoolConfig {
+            max_connections: 4,
+            acquire_timeout: Duration::from_secs(5),
+        };
+        let store = store::connect(&url, &pool).await.unwrap();
+        store.migrate().await.unwrap();
+        let config = AuditConfig {
+            queue: 2_000_000,
+            spill_path: dir.path().join("audit.spill"),
+            ..AuditConfig::default()
+        };
+        AuditLog::start(&config, store, metrics.clone(), stop_rx)
+            .unwrap()
+            .0
+    });
+    let (subject, resource) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let mut group = c.benchmark_group("audit");
+    group.throughput(Throughput::Elements(1));
+    group.sample_size(10);
+    group.measurement_time(Duration::from_secs(20));
+    group.bench_function("writer_into_postgres", |b| {
+        b.to_async(&runtime).iter_custom(|iters| {
+            let (log, metrics) = (log.clone(), metrics.clone());
+            let (subject, resource) = (subject.clone(), resource.clone());
+            async move {
+                let target = metrics.ops.audit_written.get() + iters;
+                let started = std::time::Instant::now();
+                for _ in 0..iters {
+                    log.record(event(&subject, &resource));
+                }
+                while metrics.ops.audit_written.get() < target {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                started.elapsed()
+            }
+        })
+    });
+    group.finish();
+    assert_eq!(
+        metrics.ops.audit_spilled.get(),
+        0,
+        "the queue never overflowed"
+    );
+    runtime.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+        )))
+        .execute(&mut conn)
+        .await;
+    });
+}
+
+criterion_group!(benches, audit_writer_bench);
+criterion_main!(benches);
