@@ -235,11 +235,6 @@ impl Resolver {
         }
     }
 
-    /// The database's circuit breaker (readiness reports it).
-    pub fn database(&self) -> &Arc<Breaker> {
-        &self.database
-    }
-
     pub fn store(&self) -> &dyn Store {
         self.store.as_ref()
     }

@@ -11,9 +11,9 @@ use crate::{
     audit::AuditLog,
     engine::layer::{Check, Context, Layer, LayerId, Outcome, Step},
     rate_limit::{
-        Limiter,
+        Limiter, Principal,
         anomaly::{Anomalies, Standing},
-        exhausted, principal,
+        exhausted,
     },
 };
 
@@ -42,26 +42,23 @@ impl Layer for RateLimit {
     }
 
     fn check<'a>(&'a self, ctx: &'a mut Context<'_>) -> Check<'a> {
-        Check::Later(Box::pin(async move {
-            let who = principal(ctx.query.subject, ctx.request.ip);
-            let tightened = match self.anomalies.request(&who) {
-                Standing::Normal => false,
-                Standing::Tightened => true,
-                Standing::NewAnomaly => {
-                    self.audit.alert(
-                        "rate_anomaly",
-                        &who,
-                        format!(
-                            "{who} is far above its request or denial baseline: quota tightened"
-                        ),
-                    );
-                    true
-                }
-            };
-            let tier = self.limiter.tier_of(ctx.query.subject).await;
-            match self.limiter.check(&who, tier, tightened).await {
+        let who = Principal::of(ctx.query.subject, ctx.request.ip);
+        let tightened = self.standing(who);
+        let refused = move |tier: &str, refusal| Err(exhausted(who, tier, &refusal));
+        // In process with the tier known: answered at once, no future.
+        if !self.limiter.distributed()
+            && let Some(tier) = self.limiter.cached_tier(who)
+        {
+            return Check::Ready(match self.limiter.check_in_process(who, tier, tightened) {
                 Ok(()) => Ok(Step::Pass),
-                Err(refusal) => Err(exhausted(&who, tier, &refusal)),
+                Err(refusal) => refused(tier, refusal),
+            });
+        }
+        Check::Later(Box::pin(async move {
+            let tier = self.limiter.tier_of(who).await;
+            match self.limiter.check(who, tier, tightened).await {
+                Ok(()) => Ok(Step::Pass),
+                Err(refusal) => refused(tier, refusal),
             }
         }))
     }
@@ -71,7 +68,26 @@ impl Layer for RateLimit {
             && !d.verdict.allow
         {
             self.anomalies
-                .denied(&principal(ctx.query.subject, ctx.request.ip));
+                .denied(Principal::of(ctx.query.subject, ctx.request.ip));
+        }
+    }
+}
+
+impl RateLimit {
+    /// Counts the request in the principal's baseline; true while its quota
+    /// is tightened (alerting once when an anomaly starts).
+    fn standing(&self, who: Principal) -> bool {
+        match self.anomalies.request(who) {
+            Standing::Normal => false,
+            Standing::Tightened => true,
+            Standing::NewAnomaly => {
+                self.audit.alert(
+                    "rate_anomaly",
+                    &who.to_string(),
+                    format!("{who} is far above its request or denial baseline: quota tightened"),
+                );
+                true
+            }
         }
     }
 }

@@ -23,6 +23,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use super::Principal;
 use crate::config::HumanDuration;
 
 /// `[rate_limit.anomaly]` in the TOML file.
@@ -84,7 +85,7 @@ pub enum Standing {
 
 pub struct Anomalies {
     config: AnomalyConfig,
-    principals: moka::sync::Cache<String, Arc<Mutex<Baseline>>>,
+    principals: moka::sync::Cache<Principal, Arc<Mutex<Baseline>>>,
 }
 
 impl Anomalies {
@@ -98,11 +99,8 @@ impl Anomalies {
         }
     }
 
-    fn baseline(&self, principal: &str) -> Arc<Mutex<Baseline>> {
-        if let Some(b) = self.principals.get(principal) {
-            return b;
-        }
-        self.principals.get_with(principal.to_owned(), || {
+    fn baseline(&self, principal: Principal) -> Arc<Mutex<Baseline>> {
+        self.principals.get_with(principal, || {
             Arc::new(Mutex::new(Baseline {
                 window_start: Instant::now(),
                 requests: 0,
@@ -116,7 +114,7 @@ impl Anomalies {
     }
 
     /// Counts a request and says how the principal stands.
-    pub fn request(&self, principal: &str) -> Standing {
+    pub fn request(&self, principal: Principal) -> Standing {
         if !self.config.enabled {
             return Standing::Normal;
         }
@@ -136,11 +134,11 @@ impl Anomalies {
     }
 
     /// Counts a denial of the principal's request.
-    pub fn denied(&self, principal: &str) {
+    pub fn denied(&self, principal: Principal) {
         if !self.config.enabled {
             return;
         }
-        if let Some(baseline) = self.principals.get(principal) {
+        if let Some(baseline) = self.principals.get(&principal) {
             baseline.lock().unwrap_or_else(|p| p.into_inner()).denials += 1;
         }
     }
@@ -206,6 +204,10 @@ impl Anomalies {
 mod tests {
     use super::*;
 
+    fn who(n: u128) -> Principal {
+        Principal::User(uuid::Uuid::from_u128(n))
+    }
+
     fn config() -> AnomalyConfig {
         AnomalyConfig {
             window: HumanDuration(Duration::from_millis(20)),
@@ -221,14 +223,14 @@ mod tests {
         let a = Anomalies::new(&config());
         for _ in 0..5 {
             for _ in 0..4 {
-                assert_eq!(a.request("steady"), Standing::Normal);
-                assert_eq!(a.request("burst"), Standing::Normal);
+                assert_eq!(a.request(who(1)), Standing::Normal);
+                assert_eq!(a.request(who(2)), Standing::Normal);
             }
             std::thread::sleep(Duration::from_millis(22));
         }
         let mut seen = Vec::new();
         for _ in 0..60 {
-            seen.push(a.request("burst"));
+            seen.push(a.request(who(2)));
         }
         assert_eq!(
             seen.iter().filter(|s| **s == Standing::NewAnomaly).count(),
@@ -237,7 +239,7 @@ mod tests {
         );
         assert_eq!(seen.last(), Some(&Standing::Tightened));
         for _ in 0..4 {
-            assert_eq!(a.request("steady"), Standing::Normal);
+            assert_eq!(a.request(who(1)), Standing::Normal);
         }
     }
 
@@ -245,7 +247,7 @@ mod tests {
     fn nothing_is_anomalous_during_warm_up() {
         let a = Anomalies::new(&config());
         for _ in 0..1_000 {
-            assert_eq!(a.request("new"), Standing::Normal);
+            assert_eq!(a.request(who(3)), Standing::Normal);
         }
     }
 }

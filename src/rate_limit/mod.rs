@@ -74,19 +74,40 @@ impl Default for RateLimitConfig {
     }
 }
 
-/// Who a quota belongs to.
-pub fn principal(subject: Uuid, ip: Option<IpAddr>) -> String {
-    match (subject.is_nil(), ip) {
-        (false, _) => subject.to_string(),
-        (true, Some(ip)) => format!("ip:{ip}"),
-        (true, None) => "anonymous".to_owned(),
+/// Who a quota belongs to: the user, or the client IP of an anonymous
+/// request. Small and `Copy`, so keying a limiter allocates nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Principal {
+    User(Uuid),
+    Ip(IpAddr),
+    Anonymous,
+}
+
+impl Principal {
+    pub fn of(subject: Uuid, ip: Option<IpAddr>) -> Principal {
+        match (subject.is_nil(), ip) {
+            (false, _) => Principal::User(subject),
+            (true, Some(ip)) => Principal::Ip(ip),
+            (true, None) => Principal::Anonymous,
+        }
+    }
+}
+
+/// As written in messages, audit events and Redis keys.
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Principal::User(id) => write!(f, "{id}"),
+            Principal::Ip(ip) => write!(f, "ip:{ip}"),
+            Principal::Anonymous => f.write_str("anonymous"),
+        }
     }
 }
 
 /// One tier's limiters: the normal quota and the tightened one.
 struct TierLimits {
-    normal: DefaultKeyedRateLimiter<String>,
-    tightened: DefaultKeyedRateLimiter<String>,
+    normal: DefaultKeyedRateLimiter<Principal>,
+    tightened: DefaultKeyedRateLimiter<Principal>,
     /// GCRA parameters for Redis: emission interval (µs) and burst.
     gcra: (u64, u32),
     tight_gcra: (u64, u32),
@@ -113,7 +134,7 @@ pub struct Limiter {
     tiers: HashMap<String, TierLimits>,
     default_tier: String,
     redis: Option<(RedisConn, String)>,
-    pub lookup: TierLookup,
+    lookup: TierLookup,
     metrics: Arc<Metrics>,
 }
 
@@ -171,23 +192,41 @@ impl Limiter {
         })
     }
 
+    /// The tier a principal's quota comes from, when known without I/O.
+    pub fn cached_tier(&self, principal: Principal) -> Option<&str> {
+        match principal {
+            Principal::User(user) => self.lookup.cached(user).map(|name| self.known(name)),
+            _ => Some(&self.default_tier),
+        }
+    }
+
     /// The tier a principal's quota comes from (a known tier name).
-    pub async fn tier_of(&self, subject: Uuid) -> &str {
-        let name = match subject.is_nil() {
-            true => None,
-            false => self.lookup.tier(subject).await,
-        };
-        match name {
-            Some(name) if self.tiers.contains_key(name.as_ref()) => self
-                .tiers
-                .get_key_value(name.as_ref())
-                .map_or(&self.default_tier, |(k, _)| k),
+    pub async fn tier_of(&self, principal: Principal) -> &str {
+        match principal {
+            Principal::User(user) => self.known(self.lookup.tier(user).await),
             _ => &self.default_tier,
         }
     }
 
-    /// Takes one cell of the principal's quota, or says when to retry.
-    pub async fn check(&self, principal: &str, tier: &str, tightened: bool) -> Result<(), Refusal> {
+    /// The tier by that name, or the default one.
+    fn known(&self, name: Option<Arc<str>>) -> &str {
+        name.and_then(|name| self.tiers.get_key_value(name.as_ref()))
+            .map_or(&self.default_tier, |(known, _)| known)
+    }
+
+    /// Whether checks go to Redis (so they cannot be answered at once).
+    pub fn distributed(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    /// Takes one cell of the principal's quota, or says when to retry:
+    /// through Redis when configured, else (or when Redis fails) in process.
+    pub async fn check(
+        &self,
+        principal: Principal,
+        tier: &str,
+        tightened: bool,
+    ) -> Result<(), Refusal> {
         let Some(limits) = self.tiers.get(tier) else {
             return Ok(());
         };
@@ -211,16 +250,27 @@ impl Limiter {
                 }
             }
         }
+        self.check_in_process(principal, tier, tightened)
+    }
+
+    /// Takes one cell from the in-process limiter.
+    pub fn check_in_process(
+        &self,
+        principal: Principal,
+        tier: &str,
+        tightened: bool,
+    ) -> Result<(), Refusal> {
+        let Some(limits) = self.tiers.get(tier) else {
+            return Ok(());
+        };
         let (limiter, name) = match tightened {
             true => (&limits.tightened, "tightened"),
             false => (&limits.normal, "in_process"),
         };
-        limiter
-            .check_key(&principal.to_owned())
-            .map_err(|not_until| {
-                let wait = not_until.wait_time_from(DefaultClock::default().now());
-                self.refused(tier, name, wait)
-            })
+        limiter.check_key(&principal).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            self.refused(tier, name, wait)
+        })
     }
 
     fn refused(&self, tier: &str, limiter: &'static str, retry_after: Duration) -> Refusal {
@@ -245,18 +295,10 @@ impl Limiter {
             limits.tightened.retain_recent();
         }
     }
-
-    /// Whether the Redis limiter's breaker is open (the in-process limiter
-    /// answers meanwhile).
-    pub fn redis_skipped(&self) -> bool {
-        self.redis
-            .as_ref()
-            .is_some_and(|(r, _)| r.breaker.is_open())
-    }
 }
 
 /// The error a refused request gets: RESOURCE_EXHAUSTED with when to retry.
-pub fn exhausted(principal: &str, tier: &str, refusal: &Refusal) -> AuthzError {
+pub fn exhausted(principal: Principal, tier: &str, refusal: &Refusal) -> AuthzError {
     AuthzError::RateLimited {
         message: format!(
             "rate limit of tier {tier} exceeded for {principal} ({} limiter); retry in {} ms",

@@ -14,30 +14,35 @@ const CAPACITY: u64 = 1_000_000;
 
 pub struct TierLookup {
     store: Arc<dyn Store>,
-    tiers: moka::future::Cache<Uuid, Option<Arc<str>>>,
+    tiers: moka::sync::Cache<Uuid, Option<Arc<str>>>,
 }
 
 impl TierLookup {
     pub fn new(store: Arc<dyn Store>, ttl: Duration) -> TierLookup {
         TierLookup {
             store,
-            tiers: moka::future::Cache::builder()
+            tiers: moka::sync::Cache::builder()
                 .max_capacity(CAPACITY)
                 .time_to_live(ttl)
                 .build(),
         }
     }
 
+    /// The remembered tier (outer `None`: not remembered).
+    pub fn cached(&self, user: Uuid) -> Option<Option<Arc<str>>> {
+        self.tiers.get(&user)
+    }
+
     /// The user's tier name, if set (unknown users and read errors: none).
     pub async fn tier(&self, user: Uuid) -> Option<Arc<str>> {
-        if let Some(known) = self.tiers.get(&user).await {
+        if let Some(known) = self.tiers.get(&user) {
             return known;
         }
         let budget = crate::deadline::budget(Duration::from_millis(500));
         match tokio::time::timeout(budget, self.store.user_tier(user)).await {
             Ok(Ok(tier)) => {
                 let tier: Option<Arc<str>> = tier.map(Arc::from);
-                self.tiers.insert(user, tier.clone()).await;
+                self.tiers.insert(user, tier.clone());
                 tier
             }
             // Not remembered: read again next time.
