@@ -227,30 +227,35 @@ impl Limiter {
         tier: &str,
         tightened: bool,
     ) -> Result<(), Refusal> {
-        let Some(limits) = self.tiers.get(tier) else {
-            return Ok(());
+        match self.check_redis(principal, tier, tightened).await {
+            Some(answer) => answer,
+            None => self.check_in_process(principal, tier, tightened),
+        }
+    }
+
+    /// The shared quota's answer; `None` without Redis or when Redis was
+    /// skipped or failed.
+    async fn check_redis(
+        &self,
+        principal: Principal,
+        tier: &str,
+        tightened: bool,
+    ) -> Option<Result<(), Refusal>> {
+        let (redis, prefix) = self.redis.as_ref()?;
+        let limits = self.tiers.get(tier)?;
+        let (name, params, mark) = match tightened {
+            true => ("tightened", limits.tight_gcra, "t:"),
+            false => ("redis", limits.gcra, ""),
         };
-        let (limiter_name, params) = match tightened {
-            true => ("tightened", limits.tight_gcra),
-            false => ("redis", limits.gcra),
-        };
-        if let Some((redis, prefix)) = &self.redis {
-            let key = format!(
-                "{prefix}{tier}:{}{principal}",
-                if tightened { "t:" } else { "" }
-            );
-            match redis_gcra::take(redis, key, params).await {
-                Ok(None) => return Ok(()),
-                Ok(Some(retry_after)) => {
-                    return Err(self.refused(tier, limiter_name, retry_after));
-                }
-                // Skipped or failed: the in-process limiter answers.
-                Err(_) => {
-                    self.metrics.ops.rate_limit_fallbacks.inc();
-                }
+        let key = format!("{prefix}{tier}:{mark}{principal}");
+        match redis_gcra::take(redis, key, params).await {
+            Ok(None) => Some(Ok(())),
+            Ok(Some(retry_after)) => Some(Err(self.refused(tier, name, retry_after))),
+            Err(_) => {
+                self.metrics.ops.rate_limit_fallbacks.inc();
+                None
             }
         }
-        self.check_in_process(principal, tier, tightened)
     }
 
     /// Takes one cell from the in-process limiter.
