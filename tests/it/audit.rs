@@ -14,33 +14,32 @@ use velro_authz::{
 };
 
 use crate::common::{
-    Db, TestDb,
+    Db, TestDb, eventually,
     fixture::{authorize, item},
     proxy::Proxy,
     world_server,
 };
 use crate::on_both_databases;
 
-/// Every event stored (any kind), waiting up to 10 s for `expected` of
-/// kind `decision`.
+/// Every event stored (any kind), once (within 10 s) at least `expected`
+/// of them are decisions.
 async fn stored(db: &TestDb, expected: usize) -> Vec<AuditEvent> {
     let store = db.store().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let events = store
-            .audit_events(&AuditFilter {
-                limit: 100_000,
-                ..AuditFilter::default()
-            })
-            .await
-            .unwrap();
-        let decisions = events.iter().filter(|e| e.kind == "decision").count();
-        if decisions >= expected || tokio::time::Instant::now() >= deadline {
-            store.close().await;
-            return events;
+    let what = format!("{expected} decision rows");
+    let events = eventually(Duration::from_secs(10), &what, || async {
+        let filter = AuditFilter {
+            limit: 100_000,
+            ..AuditFilter::default()
+        };
+        let events = store.audit_events(&filter).await.unwrap();
+        match decisions(&events).len() {
+            n if n >= expected => Ok(events),
+            n => Err(format!("{n} rows")),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    store.close().await;
+    events
 }
 
 fn decisions(events: &[AuditEvent]) -> Vec<&AuditEvent> {
@@ -278,15 +277,15 @@ async fn a_burst_of_denials_raises_alerts() {
             .decide(authorize(w.viewer, "delete", "project", w.team.project))
             .await;
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    let alerts = loop {
+    let alerts = eventually(Duration::from_secs(5), "two alerts", || async {
         let events = stored(&db, 11).await;
         let alerts: Vec<AuditEvent> = events.into_iter().filter(|e| e.kind == "alert").collect();
-        if alerts.len() >= 2 || tokio::time::Instant::now() >= deadline {
-            break alerts;
+        match alerts.len() {
+            n if n >= 2 => Ok(alerts),
+            n => Err(format!("{n} alerts")),
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    })
+    .await;
     let mut reasons: Vec<&str> = alerts.iter().map(|a| a.reason.as_ref()).collect();
     reasons.sort();
     assert_eq!(reasons, ["DENIAL_BURST_PRINCIPAL", "DENIAL_BURST_RESOURCE"]);

@@ -493,7 +493,13 @@ async fn a_login_warms_the_cache_for_the_first_requests() {
             .await
             > 0.0
     );
-    assert_eq!(w.server.metric("velro_authz_redis_breaker_open").await, 0.0);
+    assert_eq!(
+        w.server
+            .metric("velro_authz_breaker_state{dependency=\"database\"}")
+            .await,
+        0.0,
+        "the database breaker stayed closed"
+    );
     w.server.stop().await;
 }
 

@@ -1,8 +1,8 @@
 //! The command line as a newcomer uses it: help, migrate, seed, config.
 
-use std::process::Command;
+use std::{process::Command, time::Duration};
 
-use crate::common::{Db, TestDb};
+use crate::common::{Db, TestDb, eventually};
 
 fn velro(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_velro-authz"));
@@ -161,14 +161,13 @@ async fn kill_switches_and_audit_from_the_command_line() {
         &[],
     );
     assert!(ok && text.contains("set"), "{text}");
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    while server.decide(request.clone()).await.reason != "LOCKDOWN_USER" {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server never saw the switch"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    eventually(Duration::from_secs(5), "the switch seen", || async {
+        match server.decide(request.clone()).await.reason.as_str() {
+            "LOCKDOWN_USER" => Ok(()),
+            other => Err(other.to_owned()),
+        }
+    })
+    .await;
     let (ok, text) = velro(&["kill-switch", "list", "--database-url", url], &[]);
     assert!(
         ok && text.contains(&user) && text.contains("stolen laptop"),
@@ -200,23 +199,23 @@ async fn kill_switches_and_audit_from_the_command_line() {
     assert!(!ok && text.contains("team:<uuid>"), "{text}");
 
     // The lockdown denial is in the audit trail, and so is the operator's act.
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-    loop {
-        let subject = w.viewer.to_string();
+    let subject = w.viewer.to_string();
+    let text = eventually(Duration::from_secs(5), "the lockdown audited", || async {
         let (ok, text) = velro(
             &["audit", "--subject", &subject, "--database-url", url],
             &[],
         );
         assert!(ok, "{text}");
-        if text.contains("LOCKDOWN_USER") {
-            let line = text.lines().find(|l| l.starts_with('{')).unwrap();
-            let first: serde_json::Value = serde_json::from_str(line).unwrap();
-            assert_eq!(first["subject"], subject.as_str());
-            break;
+        match text.contains("LOCKDOWN_USER") {
+            true => Ok(text),
+            false => Err(text),
         }
-        assert!(tokio::time::Instant::now() < deadline, "{text}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    })
+    .await;
+    let line = text.lines().find(|l| l.starts_with('{')).unwrap();
+    let newest: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(newest["subject"], subject.as_str());
+    assert_eq!(newest["resource_id"], w.team.project.to_string().as_str());
     let (ok, text) = velro(&["audit", "--subject", "alice", "--database-url", url], &[]);
     assert!(ok && text.contains("kill_switch_set"), "{text}");
     let (ok, text) = velro(&["audit", "--database-url", url], &[]);

@@ -11,7 +11,9 @@ use velro_authz::{
     proto::{self, Decision},
 };
 
-use crate::common::{Db, TestServer, fixture::authorize, proxy::Proxy, settings, world_server};
+use crate::common::{
+    Db, TestServer, eventually, fixture::authorize, proxy::Proxy, settings, world_server,
+};
 use crate::on_both_databases;
 
 const ADMIN: &str = "emergency-admin-token";
@@ -55,20 +57,14 @@ async fn clear(server: &TestServer, scope: &str) -> bool {
 /// Waits (up to 5 s) until `request` gets `reason` on every replica.
 async fn until_reason(replicas: &[&TestServer], request: &proto::AuthorizeRequest, reason: &str) {
     for server in replicas {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
+        eventually(Duration::from_secs(5), reason, || async {
             let r = server.decide(request.clone()).await;
-            if r.reason == reason {
-                break;
+            match r.reason == reason {
+                true => Ok(()),
+                false => Err(format!("{} ({})", r.reason, r.message)),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "after 5 s still {} ({}), not {reason}",
-                r.reason,
-                r.message
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await;
     }
 }
 
@@ -159,8 +155,7 @@ async fn kill_switches(kind: Db) {
     assert_eq!(anonymous.code(), Code::Unauthenticated);
 
     // Every change is in the audit log.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
+    let events = eventually(Duration::from_secs(5), "8 admin events", || async {
         let events = a
             .client
             .clone()
@@ -174,22 +169,18 @@ async fn kill_switches(kind: Db) {
             .unwrap()
             .into_inner()
             .events;
-        let verbs: Vec<&str> = events.iter().map(|e| e.decision.as_ref()).collect();
-        if verbs.len() == 8 {
-            assert_eq!(verbs.iter().filter(|v| **v == "kill_switch_set").count(), 4);
-            assert_eq!(
-                verbs
-                    .iter()
-                    .filter(|v| **v == "kill_switch_cleared")
-                    .count(),
-                4
-            );
-            assert!(events.iter().all(|e| e.kind == "admin"));
-            break;
+        match events.len() {
+            8 => Ok(events),
+            n => Err(format!("{n} events")),
         }
-        assert!(tokio::time::Instant::now() < deadline, "audited: {verbs:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    let count = |verb: &str| events.iter().filter(|e| e.decision == verb).count();
+    assert_eq!(
+        (count("kill_switch_set"), count("kill_switch_cleared")),
+        (4, 4)
+    );
+    assert!(events.iter().all(|e| e.kind == "admin"));
     a.stop().await;
     b.stop().await;
 }
@@ -230,19 +221,14 @@ async fn a_lost_database_degrades_to_cached_answers_then_recovers() {
     let e = client.authorize(uncached.clone()).await.unwrap_err();
     assert_eq!(e.code(), Code::Unavailable, "{e:?}");
     // Readiness flips once the breaker opens (the change-log reads fail).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let (status, body) = server.ops_get("/ready").await;
-        if status == 503 {
-            assert!(body.contains("degraded"), "{body}");
-            break;
+    let body = eventually(Duration::from_secs(5), "unready", || async {
+        match server.ops_get("/ready").await {
+            (503, body) => Ok(body),
+            (status, body) => Err(format!("{status} {body}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "still ready: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert!(body.contains("degraded"), "{body}");
     assert!(server.metric(breaker).await >= 1.0);
     assert_eq!(server.metric("velro_authz_degraded").await, 1.0);
     // Fail fast while the breaker is open: no waiting on the pool.
@@ -264,19 +250,15 @@ async fn a_lost_database_degrades_to_cached_answers_then_recovers() {
     );
 
     proxy.restore();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let ready = server.ops_get("/ready").await.0 == 200;
-        let answered = client.authorize(uncached.clone()).await.is_ok();
-        if ready && answered {
-            break;
+    eventually(Duration::from_secs(10), "recovered", || async {
+        let ready = server.ops_get("/ready").await;
+        let answered = client.clone().authorize(uncached.clone()).await;
+        match (ready.0, answered) {
+            (200, Ok(_)) => Ok(()),
+            (status, answer) => Err(format!("ready {status}, answer {answer:?}")),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no recovery after 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     assert_eq!(server.metric(breaker).await, 0.0);
     assert_eq!(server.decide(cached).await.decision(), Decision::Allow);
     server.stop().await;

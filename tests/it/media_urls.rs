@@ -88,38 +88,35 @@ async fn round_trip(kind: Db) {
         before,
         "a signed URL needs no permission set"
     );
-    refused(
-        &server
-            .decide(present(&signed.url, "write", w.team.media, ""))
-            .await,
-        "SIGNED_URL_READ_ONLY",
-    );
-    refused(
-        &server
-            .decide(present(&signed.url, "read", w.public.media, ""))
-            .await,
-        "SIGNED_URL_WRONG_RESOURCE",
-    );
     let tampered = signed.url.replace(".png", ".jpg");
-    refused(
-        &server
-            .decide(present(&tampered, "read", w.team.media, ""))
-            .await,
-        "SIGNED_URL_BAD_SIGNATURE",
-    );
     let unknown = signed.url.replace("kid=k1", "kid=k0");
-    refused(
-        &server
-            .decide(present(&unknown, "read", w.team.media, ""))
-            .await,
-        "SIGNED_URL_UNKNOWN_KEY",
-    );
-    refused(
-        &server
-            .decide(present("https://elsewhere/x", "read", w.team.media, ""))
-            .await,
-        "SIGNED_URL_MALFORMED",
-    );
+    for (url, action, media, reason) in [
+        (
+            signed.url.as_str(),
+            "write",
+            w.team.media,
+            "SIGNED_URL_READ_ONLY",
+        ),
+        (
+            &signed.url,
+            "read",
+            w.public.media,
+            "SIGNED_URL_WRONG_RESOURCE",
+        ),
+        (&tampered, "read", w.team.media, "SIGNED_URL_BAD_SIGNATURE"),
+        (&unknown, "read", w.team.media, "SIGNED_URL_UNKNOWN_KEY"),
+        (
+            "https://elsewhere/x",
+            "read",
+            w.team.media,
+            "SIGNED_URL_MALFORMED",
+        ),
+    ] {
+        refused(
+            &server.decide(present(url, action, media, "")).await,
+            reason,
+        );
+    }
     server.stop().await;
 }
 on_both_databases!(signed_urls_round_trip, round_trip);

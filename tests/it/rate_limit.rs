@@ -14,7 +14,7 @@ use velro_authz::{
 };
 
 use crate::common::{
-    Db, TestServer,
+    Db, TestServer, eventually,
     fixture::{authorize, item},
     proxy::Proxy,
     redis::{Prefix, redis_url},
@@ -222,15 +222,14 @@ async fn a_stalled_redis_falls_back_in_process_and_recovers() {
     );
 
     proxy.restore();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while server.metric(breaker).await != 0.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the breaker never closed"
-        );
+    eventually(Duration::from_secs(10), "the breaker closed", || async {
         passes(&server, &read, 1).await;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        match server.metric(breaker).await {
+            0.0 => Ok(()),
+            state => Err(format!("state {state}")),
+        }
+    })
+    .await;
     let before = server.metric(fallbacks).await;
     assert_eq!(passes(&server, &read, 3).await, 3);
     assert_eq!(server.metric(fallbacks).await, before, "back on Redis");
@@ -284,38 +283,33 @@ async fn a_burst_far_above_the_baseline_is_tightened_and_alerted() {
     // The steady principal keeps its quota.
     assert_eq!(passes(&server, &steady, 3).await, 3);
     // The alert is in the audit log, naming the principal.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        let store = db.store().await;
-        let events = store
-            .audit_events(&velro_authz::audit::AuditFilter {
-                subject: Some(w.admin.to_string()),
+    let store = db.store().await;
+    let alerts = |subject: Uuid| {
+        let store = store.clone();
+        async move {
+            let filter = velro_authz::audit::AuditFilter {
+                subject: Some(subject.to_string()),
                 limit: 1_000,
                 ..Default::default()
-            })
-            .await
-            .unwrap();
-        let alerts: Vec<_> = events.iter().filter(|e| e.kind == "alert").collect();
-        if let [alert] = alerts.as_slice() {
-            assert_eq!(alert.reason, "RATE_ANOMALY");
-            break;
+            };
+            let events = store.audit_events(&filter).await.unwrap();
+            events
+                .into_iter()
+                .filter(|e| e.kind == "alert")
+                .collect::<Vec<_>>()
         }
-        assert!(tokio::time::Instant::now() < deadline, "alerts: {alerts:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let steady_alerts = db
-        .store()
-        .await
-        .audit_events(&velro_authz::audit::AuditFilter {
-            subject: Some(w.viewer.to_string()),
-            limit: 1_000,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|e| e.kind == "alert")
-        .count();
-    assert_eq!(steady_alerts, 0, "a steady principal is not alerted");
+    };
+    let alert = eventually(Duration::from_secs(5), "one anomaly alert", || async {
+        match alerts(w.admin).await.as_slice() {
+            [alert] => Ok(alert.clone()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(alert.reason, "RATE_ANOMALY");
+    assert!(
+        alerts(w.viewer).await.is_empty(),
+        "a steady principal is not alerted"
+    );
     server.stop().await;
 }

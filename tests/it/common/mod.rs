@@ -260,18 +260,14 @@ impl TestServer {
 
     /// Waits (up to 10 s) until a metric sample reaches `at_least`.
     pub async fn metric_reaches(&self, sample: &str, at_least: f64) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let value = self.metric(sample).await;
-            if value >= at_least {
-                return;
+        let what = format!("{sample} reaching {at_least}");
+        eventually(Duration::from_secs(10), &what, || async {
+            match self.metric(sample).await {
+                value if value >= at_least => Ok(()),
+                value => Err(format!("{value}")),
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{sample} is {value} after 10 s, not {at_least}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        })
+        .await
     }
 
     pub async fn stop(mut self) {
@@ -281,6 +277,27 @@ impl TestServer {
                 .await
                 .unwrap_or_else(|e| panic!("shutdown: {e}"));
         }
+    }
+}
+
+/// Polls `probe` every 20 ms until it succeeds, for what other tasks or
+/// replicas do in their own time (change log, writer, breaker); fails once
+/// `within` has passed, saying what was awaited and what was seen last.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match probe().await {
+            Ok(value) => return value,
+            Err(seen) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "after {within:?} still not {what}: {seen}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
