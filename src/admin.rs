@@ -144,7 +144,7 @@ pub fn verify_media_url(
         .map_err(|r| AuthzError::PermissionDenied(format!("{}: {}", r.reason(), r.message())))
 }
 
-/// Recent audit events as JSON lines (same fields as the `QueryAudit` RPC).
+/// Recent audit events as JSON lines (the fields of the `audit_log` table).
 pub async fn query_audit(
     settings: &Settings,
     subject: Option<String>,
@@ -166,28 +166,17 @@ pub async fn query_audit(
         }
         (None, None) => None,
     };
-    let store = open(settings).await?;
-    let request = crate::proto::QueryAuditRequest {
+    let filter = crate::control::audit_filter(&crate::proto::QueryAuditRequest {
         target,
         since_ms,
         limit,
-    };
-    let events = crate::control::query_audit(store.as_ref(), &request).await;
+    })?;
+    let store = open(settings).await?;
+    let events = store.audit_events(&filter).await;
     store.close().await;
     events?
-        .into_iter()
-        .map(|e| {
-            serde_json::to_string(&serde_json::json!({
-                "id": e.id, "at_ms": e.at_ms, "kind": e.kind, "subject": e.subject,
-                "action": e.action,
-                "resource": e.resource.map(|r| format!("{}:{}", r.r#type, r.id)),
-                "decision": e.decision, "layer": e.layer, "reason": e.reason,
-                "message": e.message, "cache_tier": e.cache_tier, "latency_us": e.latency_us,
-                "request_id": e.request_id, "client_ip": e.client_ip,
-                "session_id": e.session_id, "flags": e.flags,
-            }))
-            .map_err(|e| AuthzError::Internal(e.to_string()))
-        })
+        .iter()
+        .map(|e| serde_json::to_string(e).map_err(|e| AuthzError::Internal(e.to_string())))
         .collect()
 }
 

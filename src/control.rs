@@ -84,11 +84,9 @@ pub async fn list_switches(store: &dyn Store) -> Result<Vec<proto::KillSwitch>, 
         .collect())
 }
 
-/// Recent events of a subject or a resource, newest first.
-pub async fn query_audit(
-    store: &dyn Store,
-    req: &proto::QueryAuditRequest,
-) -> Result<Vec<proto::AuditEvent>, AuthzError> {
+/// What a query asks for: a subject or a resource (required), since when,
+/// how many (100 by default, at most `MAX_AUDIT_LIMIT`).
+pub fn audit_filter(req: &proto::QueryAuditRequest) -> Result<AuditFilter, AuthzError> {
     let mut filter = AuditFilter {
         since_ms: req.since_ms,
         limit: i64::from(match req.limit {
@@ -110,6 +108,15 @@ pub async fn query_audit(
             ));
         }
     }
+    Ok(filter)
+}
+
+/// Recent events of a subject or a resource, newest first.
+pub async fn query_audit(
+    store: &dyn Store,
+    req: &proto::QueryAuditRequest,
+) -> Result<Vec<proto::AuditEvent>, AuthzError> {
+    let filter = audit_filter(req)?;
     Ok(store
         .audit_events(&filter)
         .await?

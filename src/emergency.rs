@@ -8,7 +8,7 @@ use std::{
     collections::{HashMap, HashSet},
     sync::{
         Arc, RwLock,
-        atomic::{AtomicI64, Ordering},
+        atomic::{AtomicBool, AtomicI64, Ordering},
     },
     time::Duration,
 };
@@ -92,7 +92,7 @@ impl SwitchSet {
         set
     }
 
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.global.is_none() && self.teams.is_empty() && self.users.is_empty()
     }
 
@@ -102,6 +102,9 @@ impl SwitchSet {
 }
 
 pub struct KillSwitches {
+    /// Whether any switch is set: the hot path reads only this in the
+    /// usual case, no lock.
+    any: AtomicBool,
     current: RwLock<Arc<SwitchSet>>,
     /// The kill-switch change (log revision) the snapshot reflects.
     loaded: AtomicI64,
@@ -118,6 +121,7 @@ impl KillSwitches {
         metrics: Arc<Metrics>,
     ) -> Result<KillSwitches, AuthzError> {
         let switches = KillSwitches {
+            any: AtomicBool::new(false),
             current: RwLock::new(Arc::new(SwitchSet::default())),
             loaded: AtomicI64::new(0),
             break_glass: config.break_glass.iter().copied().collect(),
@@ -127,12 +131,13 @@ impl KillSwitches {
         Ok(switches)
     }
 
-    /// The snapshot in force.
-    pub fn current(&self) -> Arc<SwitchSet> {
-        self.current
-            .read()
-            .map(|s| s.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+    /// The snapshot in force; `None` when no switch is set.
+    pub fn current(&self) -> Option<Arc<SwitchSet>> {
+        if !self.any.load(Ordering::Acquire) {
+            return None;
+        }
+        let set = self.current.read().unwrap_or_else(|p| p.into_inner());
+        Some(set.clone())
     }
 
     async fn reload(&self, store: &dyn Store, revision: i64) -> Result<(), AuthzError> {
@@ -141,7 +146,9 @@ impl KillSwitches {
         if !set.is_empty() {
             tracing::warn!(?set, "kill switches in force");
         }
+        let any = !set.is_empty();
         *self.current.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+        self.any.store(any, Ordering::Release);
         self.loaded.fetch_max(revision, Ordering::AcqRel);
         Ok(())
     }

@@ -75,8 +75,6 @@ pub struct Metrics {
     /// their difference is the revision lag.
     pub seen_revision: Gauge,
     pub applied_revision: Gauge,
-    /// 1 while the Redis circuit breaker is open.
-    pub redis_breaker_open: Gauge,
     /// Security alerts by kind (data-integrity faults, threats).
     pub security_alerts: Family<KindLabels, Counter>,
     /// Flags raised on requests that were let through (`allow and flag`).
@@ -197,8 +195,7 @@ impl Metrics {
             "Permission sets computed from the database (one round trip each)",
             permission_computations.clone(),
         );
-        let (seen_revision, applied_revision, redis_breaker_open) =
-            (Gauge::default(), Gauge::default(), Gauge::default());
+        let (seen_revision, applied_revision) = (Gauge::default(), Gauge::default());
         registry.register(
             "change_log_seen_revision",
             "Newest change-log revision this replica has read",
@@ -208,11 +205,6 @@ impl Metrics {
             "change_log_applied_revision",
             "Change-log revision applied without gaps (cached sets are stamped with it)",
             applied_revision.clone(),
-        );
-        registry.register(
-            "redis_breaker_open",
-            "1 while the Redis circuit breaker is open (Redis skipped)",
-            redis_breaker_open.clone(),
         );
         let invalidations = Counter::default();
         registry.register(
@@ -242,7 +234,6 @@ impl Metrics {
             flags,
             seen_revision,
             applied_revision,
-            redis_breaker_open,
             invalidations,
             registry,
             rpc_requests,

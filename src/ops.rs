@@ -19,15 +19,18 @@ pub struct Dependencies {
 }
 
 impl Dependencies {
-    /// Why the replica is degraded, if it is.
-    pub fn degraded(&self) -> Option<&'static str> {
-        if self.database.is_open() {
+    /// Why the replica is degraded, if it is; also sets the
+    /// `velro_authz_degraded` gauge (read at each scrape and probe).
+    pub fn degraded(&self, metrics: &Metrics) -> Option<&'static str> {
+        let why = if self.database.is_open() {
             Some("the database is unreachable (circuit breaker open)")
         } else if !self.freshness.trusted() {
             Some("the change log has not been read within cache_max_lag")
         } else {
             None
-        }
+        };
+        metrics.ops.degraded.set(i64::from(why.is_some()));
+        why
     }
 }
 
@@ -86,6 +89,7 @@ async fn jwks_json(State(ops): State<Ops>) -> impl IntoResponse {
 }
 
 async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
+    ops.dependencies.degraded(&ops.metrics);
     match ops.metrics.render() {
         Ok(text) => (
             StatusCode::OK,
@@ -102,8 +106,7 @@ async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
 }
 
 async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
-    let degraded = ops.dependencies.degraded();
-    ops.metrics.ops.degraded.set(i64::from(degraded.is_some()));
+    let degraded = ops.dependencies.degraded(&ops.metrics);
     match (ops.readiness.get(), degraded) {
         (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned()),
         (true, Some(why)) => (

@@ -51,7 +51,7 @@ impl RedisTier {
             .redis
             .call(|mut c| async move { command.query_async::<T>(&mut c).await })
             .await;
-        let value = match outcome {
+        match outcome {
             Ok(value) => Some(value),
             Err(Miss::Skipped) => {
                 self.metrics.record_tier("redis", "skipped");
@@ -61,11 +61,7 @@ impl RedisTier {
                 self.metrics.record_tier("redis", "error");
                 None
             }
-        };
-        self.metrics
-            .redis_breaker_open
-            .set(i64::from(self.redis.breaker.is_open()));
-        value
+        }
     }
 
     /// The set and its revision, if Redis has them and answers in time.

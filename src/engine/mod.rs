@@ -132,11 +132,13 @@ impl Engine {
             started: std::time::Instant::now(),
         };
         for layer in &self.layers {
-            let step = match crate::deadline::check() {
-                Err(expired) => Err(expired),
-                Ok(()) => match layer.check(&mut ctx) {
-                    Check::Ready(step) => step,
-                    Check::Later(step) => step.await,
+            let step = match layer.check(&mut ctx) {
+                Check::Ready(step) => step,
+                // Only a layer that waits (I/O) can outlast the deadline: an
+                // expired request is not let into one.
+                Check::Later(step) => match crate::deadline::check() {
+                    Ok(()) => step.await,
+                    Err(expired) => Err(expired),
                 },
             };
             match step {

@@ -54,10 +54,9 @@ impl Layer for Emergency {
     }
 
     fn check<'a>(&'a self, ctx: &'a mut Context<'_>) -> Check<'a> {
-        let switches = self.switches.current();
-        if switches.is_empty() {
+        let Some(switches) = self.switches.current() else {
             return Check::Ready(Ok(Step::Pass));
-        }
+        };
         let subject = ctx.query.subject;
         if let Some(switch) = &switches.global
             && !self.switches.break_glass.contains(&subject)
