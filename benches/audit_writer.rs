@@ -11,9 +11,10 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sqlx::Connection;
 use uuid::Uuid;
 use velro_authz::{
-    audit::{AuditConfig, AuditEvent, AuditLog, now_ms},
-    metrics::Metrics,
+    audit::{AuditConfig, AuditEvent, AuditLog},
     store::{self, PoolConfig},
+    support::clock::now_ms,
+    support::metrics::Metrics,
 };
 
 fn event(subject: &str, resource: &str) -> AuditEvent {

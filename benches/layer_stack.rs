@@ -9,17 +9,19 @@ use std::{sync::Arc, time::Duration};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use uuid::Uuid;
 use velro_authz::{
+    api::validate,
+    app::assemble::assemble,
+    app::config::Settings,
     audit::AuditLog,
-    config::{HumanDuration, Settings},
     engine::Engine,
+    layers::rate_limit::limiter::Tier,
     layers::security_context::{GeoEntry, IpRules, SecurityContextConfig, TeamRules},
-    metrics::Metrics,
+    model::workload,
     model::{Action, Consistency, Query, RequestFacts, ResourceKind, ResourceRef},
     proto,
-    rate_limit::Tier,
-    server::assemble,
     store::{self, auth::NewSession},
-    validate, workload,
+    support::duration::HumanDuration,
+    support::metrics::Metrics,
 };
 
 /// Rules a deployment might run with: CIDR lists, a geo table, user-agent

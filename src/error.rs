@@ -1,6 +1,5 @@
-//! The one error type of the service, and its one mapping to `tonic::Status`.
-
-use tonic::{Code, Status};
+//! The one error type of the service. What each variant looks like on the
+//! wire (gRPC code, HTTP status, retry) is one table: `api::status`.
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum AuthzError {
@@ -54,46 +53,6 @@ impl AuthzError {
             AuthzError::Unavailable(_) => "unavailable",
             AuthzError::DeadlineExceeded(_) => "deadline_exceeded",
             AuthzError::Internal(_) => "internal",
-        }
-    }
-
-    pub fn code(&self) -> Code {
-        match self {
-            AuthzError::InvalidArgument(_) => Code::InvalidArgument,
-            AuthzError::Unauthenticated(_) => Code::Unauthenticated,
-            AuthzError::PermissionDenied(_) => Code::PermissionDenied,
-            AuthzError::ResourceExhausted(_) | AuthzError::RateLimited { .. } => {
-                Code::ResourceExhausted
-            }
-            AuthzError::Unavailable(_) => Code::Unavailable,
-            AuthzError::DeadlineExceeded(_) => Code::DeadlineExceeded,
-            AuthzError::Internal(_) => Code::Internal,
-        }
-    }
-}
-
-impl From<AuthzError> for Status {
-    fn from(error: AuthzError) -> Status {
-        match error {
-            // The standard way to say when to retry: google.rpc.RetryInfo in
-            // the status details, and the same in `retry-after-ms` metadata
-            // for clients that do not decode details.
-            AuthzError::RateLimited {
-                message,
-                retry_after,
-            } => {
-                use tonic_types::{ErrorDetails, StatusExt};
-                let mut status = Status::with_error_details(
-                    Code::ResourceExhausted,
-                    message,
-                    ErrorDetails::with_retry_info(Some(retry_after)),
-                );
-                if let Ok(value) = retry_after.as_millis().max(1).to_string().parse() {
-                    status.metadata_mut().insert("retry-after-ms", value);
-                }
-                status
-            }
-            other => Status::new(other.code(), other.to_string()),
         }
     }
 }

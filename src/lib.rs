@@ -1,39 +1,30 @@
 //! velro-authz: Velro's policy decision point.
 //!
-//! A request walks an ordered stack of authorization layers (`engine::stack`);
-//! the relationship layers' answer is a permission set per `user:resource`,
-//! cached read-through (`cache`) and computed from the store (`store`) with
-//! one round trip on a miss.
+//! Levels, top to bottom; a level imports only levels below it:
+//!
+//! * `app`: start-up and wiring (settings, the layer stack's order, the
+//!   server, CLI commands, demo data);
+//! * `api`: the wire faces (gRPC handlers, ext_authz, the ops port, input
+//!   validation, the transport guard, the one error-status table);
+//! * `layers` and `cache`: the ten authorization layers with their
+//!   machinery, and the permission-set tiers with their freshness;
+//! * `engine`: the decision loop, the `Layer` trait, permission sets;
+//! * `store`, `auth`, `audit`: the database, authentication, the audit log;
+//! * `support`, `model`, `error`, `proto`: plumbing, domain types, the one
+//!   error type and the generated wire types.
+//!
+//! `loadgen` is the load generator's library (a client of the wire API).
 
-pub mod admin;
+pub mod api;
+pub mod app;
 pub mod audit;
 pub mod auth;
-pub mod auth_service;
-pub mod breaker;
 pub mod cache;
-pub mod config;
-pub mod control;
-pub mod deadline;
-pub mod demo;
-pub mod emergency;
 pub mod engine;
 pub mod error;
-pub mod ext_authz;
-pub mod freshness;
 pub mod layers;
 pub mod loadgen;
-pub mod media_url;
-pub mod metrics;
 pub mod model;
-pub mod ops;
 pub mod proto;
-pub mod rate_limit;
-pub mod redis_conn;
-pub mod redis_tier;
-pub mod server;
-pub mod service;
 pub mod store;
-pub mod transport;
-pub mod validate;
-pub mod warming;
-pub mod workload;
+pub mod support;

@@ -16,7 +16,11 @@ use serde::{Deserialize, Serialize};
 use tokio::{sync::mpsc, task::JoinHandle};
 use uuid::Uuid;
 
-use crate::{config::HumanDuration, metrics::Metrics, store::Store};
+pub use crate::store::audit_event::{AuditEvent, AuditFilter, Text};
+use crate::{
+    store::Store,
+    support::{clock::now_ms, duration::HumanDuration, metrics::Metrics},
+};
 pub use spill::Spill;
 
 /// `[audit]` in the TOML file.
@@ -52,49 +56,6 @@ impl Default for AuditConfig {
             burst_window: HumanDuration(Duration::from_secs(10)),
         }
     }
-}
-
-/// Text that is usually a constant (`"decision"`, `"allow"`, a layer or
-/// reason name): borrowed on the decision path, owned when read back.
-pub type Text = std::borrow::Cow<'static, str>;
-
-/// One audit record: a decision, an error instead of a decision, a security
-/// alert or an administrative action.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AuditEvent {
-    /// The decision id for decisions; a fresh UUIDv7 otherwise.
-    pub id: Uuid,
-    /// Unix milliseconds.
-    pub at_ms: i64,
-    /// `decision`, `error`, `alert` or `admin`.
-    pub kind: Text,
-    pub subject: String,
-    pub action: Text,
-    pub resource_type: Text,
-    pub resource_id: String,
-    /// `allow`, `deny`, an error code name, or the alert/admin verb.
-    pub decision: Text,
-    pub layer: Text,
-    pub reason: Text,
-    pub message: String,
-    /// Where the permission set came from (`in_process`, `redis`, …).
-    pub cache_tier: Text,
-    pub latency_us: i64,
-    pub request_id: String,
-    pub client_ip: String,
-    pub session_id: String,
-    /// Flags raised by guards, comma-separated.
-    pub flags: String,
-}
-
-/// Which events a query wants.
-#[derive(Clone, Debug, Default)]
-pub struct AuditFilter {
-    pub subject: Option<String>,
-    /// (type, id)
-    pub resource: Option<(String, String)>,
-    pub since_ms: i64,
-    pub limit: i64,
 }
 
 /// The sending side, shared by every layer and RPC that records events.
@@ -179,10 +140,4 @@ impl AuditLog {
             ..AuditEvent::default()
         });
     }
-}
-
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }

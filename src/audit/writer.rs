@@ -11,8 +11,11 @@ use tokio::{
 };
 use uuid::Uuid;
 
-use super::{AuditEvent, Spill, bursts::Bursts, now_ms, spill};
-use crate::{metrics::Metrics, store::Store};
+use super::{AuditEvent, Spill, bursts::Bursts, spill};
+use crate::{
+    store::Store,
+    support::{clock::now_ms, metrics::Metrics},
+};
 
 /// How long one insert may take before the batch is spilled instead.
 const INSERT_DEADLINE: Duration = Duration::from_secs(5);

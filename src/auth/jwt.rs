@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::keys::SigningKeys;
-use crate::{config::HumanDuration, error::AuthzError};
+use crate::{error::AuthzError, support::duration::HumanDuration};
 
 /// Longest token looked at.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;

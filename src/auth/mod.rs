@@ -7,7 +7,6 @@
 pub mod jwt;
 pub mod keys;
 pub mod password;
-pub mod setup;
 pub mod throttle;
 
 use std::{sync::Arc, time::Duration};
@@ -17,13 +16,13 @@ use moka::{Expiry, future::Cache};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::warming::Warmer;
 use crate::{
     error::AuthzError,
     store::{
         Store,
         auth::{NewSession, Rotate, Rotation},
     },
+    support::clock::{now_ms, now_unix},
 };
 use jwt::TokenService;
 use password::PasswordHashing;
@@ -62,16 +61,6 @@ pub struct Client {
     pub user_agent: String,
 }
 
-pub fn now_unix() -> u64 {
-    now_unix_ms() / 1000
-}
-
-pub fn now_unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 fn sha256_hex(text: &str) -> String {
     Sha256::digest(text.as_bytes())
         .iter()
@@ -94,11 +83,17 @@ impl Expiry<[u8; 32], Arc<Principal>> for UntilTokenExpiry {
     }
 }
 
+/// Called with the user of each newly verified principal (a login or the
+/// first use of a token), e.g. to warm the permission caches. Must not
+/// block: it runs on the request path.
+pub type AfterLogin = Arc<dyn Fn(Uuid) + Send + Sync>;
+
 pub struct AuthConfig {
     pub refresh_ttl: Duration,
     pub refresh_reuse_grace: Duration,
     pub token_cache_capacity: u64,
     pub token_cache_ttl: Duration,
+    pub after_login: Option<AfterLogin>,
 }
 
 pub struct Authenticator {
@@ -110,8 +105,7 @@ pub struct Authenticator {
     verified: Cache<[u8; 32], Arc<Principal>>,
     refresh_ttl: u64,
     reuse_grace: Duration,
-    /// Prefetches a user's likely permission sets when a token is first seen.
-    warmer: std::sync::OnceLock<Arc<Warmer>>,
+    after_login: Option<AfterLogin>,
 }
 
 impl Authenticator {
@@ -135,14 +129,8 @@ impl Authenticator {
                 .build(),
             refresh_ttl: config.refresh_ttl.as_secs(),
             reuse_grace: config.refresh_reuse_grace,
-            warmer: std::sync::OnceLock::new(),
+            after_login: config.after_login,
         }
-    }
-
-    /// Warm the caches for each newly verified principal (login or first
-    /// use of a token).
-    pub fn set_warmer(&self, warmer: Arc<Warmer>) {
-        let _ = self.warmer.set(warmer);
     }
 
     pub fn tokens(&self) -> &TokenService {
@@ -243,7 +231,7 @@ impl Authenticator {
         }
         let now = now_unix();
         let next = new_refresh_token();
-        let now_ms = now_unix_ms() as i64;
+        let now_ms = now_ms();
         let rotation = self
             .store
             .rotate_refresh(Rotate {
@@ -291,8 +279,8 @@ impl Authenticator {
         let claims = self.tokens.verify(token)?;
         let principal = Arc::new(self.principal(claims).await?);
         self.verified.insert(key, principal.clone()).await;
-        if let Some(warmer) = self.warmer.get() {
-            warmer.warm(principal.user_id);
+        if let Some(after_login) = &self.after_login {
+            after_login(principal.user_id);
         }
         Ok(principal)
     }

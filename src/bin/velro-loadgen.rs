@@ -179,7 +179,7 @@ async fn execute(command: Command) -> Result<(), LoadError> {
             users,
             out,
         } => {
-            let data = velro_authz::workload::generate(scale, seed);
+            let data = velro_authz::model::workload::generate(scale, seed);
             for path in loadgen::tokens::write_token_files(&host, &data, users, &out).await? {
                 println!("wrote {}", path.display());
             }

@@ -6,13 +6,12 @@
 //! relationship layers say what they grant from the stored facts, and allow
 //! when the action was granted by them.
 
-use std::{future::Future, pin::Pin};
-
 use crate::{
     engine::permissions::{PermissionSet, PermissionSource, Resolver},
     error::AuthzError,
     model::{Consistency, Permissions, Query, RequestFacts},
     store::Facts,
+    support::futures::BoxFuture,
 };
 
 /// A layer's identity: its position in the finished ten-layer design, and
@@ -44,8 +43,6 @@ pub enum Step {
     Pass,
     Decide(Verdict),
 }
-
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A layer's answer, ready now for synchronous layers (no allocation on the
 /// hot path) or later for layers that wait on I/O.
@@ -103,6 +100,11 @@ pub trait Layer: Send + Sync {
     /// runs on a cache miss, and its result is what the cache holds.
     fn grants(&self, _facts: &Facts) -> Permissions {
         Permissions::NONE
+    }
+
+    /// The reason code an allow granted by this layer carries.
+    fn grant_reason(&self) -> &'static str {
+        "GRANTED"
     }
 
     /// The layer's answer for one query. By default a relationship layer

@@ -4,7 +4,6 @@
 pub mod batch;
 pub mod layer;
 pub mod permissions;
-pub mod stack;
 
 use std::sync::Arc;
 
@@ -13,9 +12,9 @@ use uuid::Uuid;
 
 use crate::{
     error::AuthzError,
-    metrics::Metrics,
     model::{Consistency, Permissions, Query, RequestFacts},
     store::Store,
+    support::metrics::Metrics,
 };
 use batch::BatchMemo;
 use layer::{Check, Context, DEFAULT_DENY, Layer, LayerId, Obligation, Outcome, Step, Verdict};
@@ -63,7 +62,7 @@ impl Engine {
         store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         max_chain_depth: u32,
-        database: Arc<crate::breaker::Breaker>,
+        database: Arc<crate::support::breaker::Breaker>,
     ) -> Self {
         let resolver = Resolver::new(
             store,
@@ -136,7 +135,7 @@ impl Engine {
                 Check::Ready(step) => step,
                 // Only a layer that waits (I/O) can outlast the deadline: an
                 // expired request is not let into one.
-                Check::Later(step) => match crate::deadline::check() {
+                Check::Later(step) => match crate::support::deadline::check() {
                     Ok(()) => step.await,
                     Err(expired) => Err(expired),
                 },

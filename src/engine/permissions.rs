@@ -7,16 +7,11 @@ use std::{sync::Arc, time::Duration};
 use uuid::Uuid;
 
 use crate::{
-    breaker::Breaker,
-    engine::{
-        layer::{Layer, LayerId},
-        stack::DESIGN_ORDER,
-    },
+    engine::layer::{Layer, LayerId},
     error::AuthzError,
-    freshness::Deps,
-    metrics::Metrics,
     model::{Action, PermissionKey, Permissions},
     store::{Chain, Facts, Store},
+    support::{breaker::Breaker, deadline, metrics::Metrics},
 };
 
 /// Where a permission set came from, as reported to the caller.
@@ -76,11 +71,26 @@ impl Absence {
     }
 }
 
+/// What a cached answer depends on besides its key (checked against the
+/// change log before a cached set is used).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Deps {
+    pub project: Option<Uuid>,
+    pub team: Option<Uuid>,
+}
+
+/// Which layer granted an action, and the reason code an allow carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Grant {
+    pub layer: LayerId,
+    pub reason: &'static str,
+}
+
 /// A computed permission set, as cached under `user:resource`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PermissionSet {
     /// For each action (by `Action::index`), the first layer that granted it.
-    granted: [Option<LayerId>; 4],
+    granted: [Option<Grant>; 4],
     absence: Option<Absence>,
     /// The project and team the answer was drawn from (for invalidation).
     deps: Deps,
@@ -115,7 +125,7 @@ impl PermissionSet {
     }
 
     pub fn granted_by(&self, action: Action) -> Option<LayerId> {
-        self.granted[action.index()]
+        self.granted[action.index()].map(|g| g.layer)
     }
 
     pub fn absence(&self) -> Option<Absence> {
@@ -129,7 +139,7 @@ impl PermissionSet {
         let layers: Vec<String> = self
             .granted
             .iter()
-            .map(|g| g.map_or(0, |l| l.position).to_string())
+            .map(|g| g.map_or(0, |g| g.layer.position).to_string())
             .collect();
         let absence = self.absence.map_or("-", Absence::code);
         let id = |u: Option<Uuid>| u.map_or_else(|| "-".to_owned(), |u| u.to_string());
@@ -147,9 +157,11 @@ impl PermissionSet {
         )
     }
 
-    /// The inverse of `encode`; `None` for anything malformed (a cache
-    /// entry that cannot be read is a miss, never an answer).
-    pub fn decode(text: &str) -> Option<PermissionSet> {
+    /// The inverse of `encode`, given the grants of the stack's layers by
+    /// position (`Resolver::decode`); `None` for anything malformed or for a
+    /// layer this stack does not have (a cache entry that cannot be read is
+    /// a miss, never an answer).
+    fn decode(text: &str, grants: &[Grant]) -> Option<PermissionSet> {
         let mut parts = text.splitn(5, '|');
         let layers = parts.next()?;
         let absence = match parts.next()? {
@@ -176,11 +188,7 @@ impl PermissionSet {
         for (slot, position) in granted.iter_mut().zip(positions) {
             let position: u8 = position.parse().ok()?;
             if position != 0 {
-                let (position, name) = DESIGN_ORDER.iter().find(|(p, _)| *p == position)?;
-                *slot = Some(LayerId {
-                    position: *position,
-                    name,
-                });
+                *slot = Some(*grants.iter().find(|g| g.layer.position == position)?);
             }
         }
         Some(PermissionSet {
@@ -191,15 +199,9 @@ impl PermissionSet {
         })
     }
 
-    /// The reason code an allow carries, named after the granting layer.
+    /// The reason code an allow carries, as the granting layer names it.
     pub fn grant_reason(&self, action: Action) -> &'static str {
-        match self.granted_by(action).map(|l| l.name) {
-            Some("ownership") => "OWNER",
-            Some("team") => "TEAM_ROLE",
-            Some("visibility") => "PUBLIC_VISIBILITY",
-            Some("generation_inheritance") => "INHERITED_FROM_ANCESTOR",
-            _ => "GRANTED",
-        }
+        self.granted[action.index()].map_or("GRANTED", |g| g.reason)
     }
 }
 
@@ -208,6 +210,8 @@ impl PermissionSet {
 pub struct Resolver {
     store: Arc<dyn Store>,
     layers: Vec<Arc<dyn Layer>>,
+    /// Every layer's grant, to read cached sets back.
+    grants: Vec<Grant>,
     metrics: Arc<Metrics>,
     /// Parent links walked for generation inheritance.
     max_chain_depth: u32,
@@ -226,9 +230,17 @@ impl Resolver {
         max_chain_depth: u32,
         database: Arc<Breaker>,
     ) -> Self {
+        let grants = layers
+            .iter()
+            .map(|layer| Grant {
+                layer: layer.id(),
+                reason: layer.grant_reason(),
+            })
+            .collect();
         Resolver {
             store,
             layers,
+            grants,
             metrics,
             max_chain_depth,
             database,
@@ -237,6 +249,12 @@ impl Resolver {
 
     pub fn store(&self) -> &dyn Store {
         self.store.as_ref()
+    }
+
+    /// Reads a set written by `PermissionSet::encode` (by any replica
+    /// running the same stack).
+    pub fn decode(&self, text: &str) -> Option<PermissionSet> {
+        PermissionSet::decode(text, &self.grants)
     }
 
     /// One database round trip, then pure evaluation.
@@ -249,7 +267,7 @@ impl Resolver {
             ));
         }
         self.metrics.permission_computations.inc();
-        let budget = crate::deadline::budget(FACTS_DEADLINE);
+        let budget = deadline::budget(FACTS_DEADLINE);
         let facts = tokio::time::timeout(
             budget,
             self.store
@@ -267,7 +285,7 @@ impl Resolver {
                 }
                 return Err(e);
             }
-            Err(_) if budget < FACTS_DEADLINE => return Err(crate::deadline::expired()),
+            Err(_) if budget < FACTS_DEADLINE => return Err(deadline::expired()),
             Err(_) => {
                 self.database.failure();
                 return Err(AuthzError::Unavailable(format!(
@@ -319,7 +337,10 @@ impl Resolver {
         let mut granted = [None; 4];
         for layer in &self.layers {
             for action in layer.grants(facts).iter() {
-                granted[action.index()].get_or_insert(layer.id());
+                granted[action.index()].get_or_insert(Grant {
+                    layer: layer.id(),
+                    reason: layer.grant_reason(),
+                });
             }
         }
         PermissionSet {

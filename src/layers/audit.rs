@@ -5,8 +5,9 @@
 use std::sync::Arc;
 
 use crate::{
-    audit::{AuditEvent, AuditLog, now_ms},
+    audit::{AuditEvent, AuditLog},
     engine::layer::{Check, Context, Layer, LayerId, Outcome, Step},
+    support::clock::now_ms,
 };
 
 pub struct Audit {

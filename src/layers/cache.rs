@@ -58,12 +58,10 @@ pub async fn load_permissions(
             Consistency::FullyConsistent => {
                 Ok((resolver.compute(key).await?, PermissionSource::Computed))
             }
-            Consistency::MinimizeLatency => {
-                cache.get_or_compute(key, || resolver.compute(key)).await
-            }
+            Consistency::MinimizeLatency => cache.get_or_compute(key, resolver).await,
             Consistency::AtLeastAsFresh(revision) => {
                 if cache.reached(revision).await {
-                    cache.get_or_compute(key, || resolver.compute(key)).await
+                    cache.get_or_compute(key, resolver).await
                 } else {
                     Ok((resolver.compute(key).await?, PermissionSource::Computed))
                 }

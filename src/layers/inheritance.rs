@@ -35,6 +35,10 @@ impl Layer for GenerationInheritance {
         ID
     }
 
+    fn grant_reason(&self) -> &'static str {
+        "INHERITED_FROM_ANCESTOR"
+    }
+
     fn grants(&self, facts: &Facts) -> Permissions {
         if facts.created_an_ancestor {
             Permissions::ALL

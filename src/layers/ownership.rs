@@ -19,6 +19,10 @@ impl Layer for Ownership {
         }
     }
 
+    fn grant_reason(&self) -> &'static str {
+        "OWNER"
+    }
+
     fn grants(&self, facts: &Facts) -> Permissions {
         if facts.is_project_owner || facts.is_creator {
             Permissions::ALL

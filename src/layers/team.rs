@@ -19,6 +19,10 @@ impl Layer for TeamAccess {
         }
     }
 
+    fn grant_reason(&self) -> &'static str {
+        "TEAM_ROLE"
+    }
+
     fn grants(&self, facts: &Facts) -> Permissions {
         match (facts.team_role, facts.visibility) {
             (None, _) => Permissions::NONE,

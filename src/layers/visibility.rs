@@ -17,6 +17,10 @@ impl Layer for Visibility {
         }
     }
 
+    fn grant_reason(&self) -> &'static str {
+        "PUBLIC_VISIBILITY"
+    }
+
     fn grants(&self, facts: &Facts) -> Permissions {
         if facts.visibility == model::Visibility::Public {
             Permissions::of(&[Action::Read])

@@ -16,8 +16,8 @@ use uuid::Uuid;
 
 use super::LoadError;
 use crate::{
+    model::workload::{self, Dataset},
     model::{Action, ResourceKind},
-    workload::{self, Dataset},
 };
 
 /// The data set a data directory was drawn from, written beside the data

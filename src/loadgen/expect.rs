@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use uuid::Uuid;
 
 use crate::{
+    model::workload::{Dataset, Project},
     model::{Action, Permissions, ResourceKind, TeamRole, Visibility},
-    workload::{Dataset, Project},
 };
 
 /// Parent links followed (the service's default `max_chain_depth`; the

@@ -11,9 +11,9 @@ use uuid::Uuid;
 
 use super::{LoadError, data, expect::Expected, ghz::Call, ghz::DataSource};
 use crate::{
+    model::workload,
     model::{Action, ResourceKind},
     proto::{self, AuthenticateRequest, AuthorizeRequest, BatchAuthorizeRequest},
-    workload,
 };
 
 /// One request ready to send.

@@ -287,7 +287,7 @@ async fn run_against(
             let needs_tokens = matches!(*name, "authenticate_token.json" | "ext_authz_check.json");
             if needs_tokens && !tokens_written {
                 tokens_written = true;
-                let data = crate::workload::generate(options.scale, options.seed);
+                let data = crate::model::workload::generate(options.scale, options.seed);
                 tokens::write_token_files(&addr, &data, TOKEN_USERS, data_dir).await?;
             }
             if *name == LOGIN_STORM {

@@ -15,12 +15,12 @@ use super::{
     expect::Expected,
 };
 use crate::{
+    model::workload::{self, Dataset},
     model::{Action, ResourceKind},
     proto::{
         self, authenticate_request::Credentials,
         authorization_service_client::AuthorizationServiceClient,
     },
-    workload::{self, Dataset},
 };
 
 pub const TOKEN_FILE: &str = "authenticate_token.json";

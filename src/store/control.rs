@@ -2,10 +2,8 @@
 //! and the kill switches (layer 9). Ids are text on both dialects: an audit
 //! subject may be a client IP, and rows must outlive what they mention.
 
-use crate::{
-    audit::{AuditEvent, AuditFilter},
-    error::AuthzError,
-};
+use super::audit_event::{AuditEvent, AuditFilter};
+use crate::error::AuthzError;
 
 /// A kill switch: `global` (target empty), `team` or `user` (target id).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,56 +36,6 @@ pub trait ControlStore {
     async fn user_tier(&self, user: uuid::Uuid) -> Result<Option<String>, AuthzError>;
 }
 
-/// Columns of `audit_log`, in insert and select order.
-pub(crate) const AUDIT_COLUMNS: &str = "id, at_ms, kind, subject, action, resource_type, resource_id, \
-     decision, layer, reason, message, cache_tier, latency_us, request_id, client_ip, \
-     session_id, flags";
-
-#[derive(sqlx::FromRow)]
-pub(crate) struct AuditRow {
-    id: String,
-    at_ms: i64,
-    kind: String,
-    subject: String,
-    action: String,
-    resource_type: String,
-    resource_id: String,
-    decision: String,
-    layer: String,
-    reason: String,
-    message: String,
-    cache_tier: String,
-    latency_us: i64,
-    request_id: String,
-    client_ip: String,
-    session_id: String,
-    flags: String,
-}
-
-impl From<AuditRow> for AuditEvent {
-    fn from(r: AuditRow) -> AuditEvent {
-        AuditEvent {
-            id: uuid::Uuid::parse_str(&r.id).unwrap_or_default(),
-            at_ms: r.at_ms,
-            kind: r.kind.into(),
-            subject: r.subject,
-            action: r.action.into(),
-            resource_type: r.resource_type.into(),
-            resource_id: r.resource_id,
-            decision: r.decision.into(),
-            layer: r.layer.into(),
-            reason: r.reason.into(),
-            message: r.message,
-            cache_tier: r.cache_tier.into(),
-            latency_us: r.latency_us,
-            request_id: r.request_id,
-            client_ip: r.client_ip,
-            session_id: r.session_id,
-            flags: r.flags,
-        }
-    }
-}
-
 /// Stamps `ControlStore` for one backend (the SQL is shared).
 macro_rules! control_store {
     ($name:ident, $db:ty, $bind_id:expr) => {
@@ -95,14 +43,14 @@ macro_rules! control_store {
         impl $crate::store::control::ControlStore for $name {
             async fn insert_audit(
                 &self,
-                events: &[$crate::audit::AuditEvent],
+                events: &[$crate::store::audit_event::AuditEvent],
             ) -> Result<u64, $crate::error::AuthzError> {
                 let mut written = 0;
                 // 17 binds a row; stay far below either dialect's bind limit.
                 for chunk in events.chunks(1_000) {
                     let mut query = sqlx::QueryBuilder::<$db>::new(format!(
                         "INSERT INTO audit_log ({}) ",
-                        $crate::store::control::AUDIT_COLUMNS
+                        $crate::store::audit_event::AUDIT_COLUMNS
                     ));
                     query.push_values(chunk, |mut row, e| {
                         row.push_bind(e.id.to_string())
@@ -131,11 +79,12 @@ macro_rules! control_store {
 
             async fn audit_events(
                 &self,
-                filter: &$crate::audit::AuditFilter,
-            ) -> Result<Vec<$crate::audit::AuditEvent>, $crate::error::AuthzError> {
+                filter: &$crate::store::audit_event::AuditFilter,
+            ) -> Result<Vec<$crate::store::audit_event::AuditEvent>, $crate::error::AuthzError>
+            {
                 let mut query = sqlx::QueryBuilder::<$db>::new(format!(
                     "SELECT {} FROM audit_log WHERE at_ms >= ",
-                    $crate::store::control::AUDIT_COLUMNS
+                    $crate::store::audit_event::AUDIT_COLUMNS
                 ));
                 query.push_bind(filter.since_ms);
                 if let Some(subject) = &filter.subject {
@@ -148,7 +97,7 @@ macro_rules! control_store {
                 query
                     .push(" ORDER BY at_ms DESC, id DESC LIMIT ")
                     .push_bind(filter.limit);
-                let rows: Vec<$crate::store::control::AuditRow> =
+                let rows: Vec<$crate::store::audit_event::AuditRow> =
                     query.build_query_as().fetch_all(&self.pool).await?;
                 Ok(rows.into_iter().map(Into::into).collect())
             }

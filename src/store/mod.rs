@@ -1,6 +1,7 @@
 //! Storage behind one trait: PostgreSQL in production, SQLite as the embedded
 //! default. Pools are built once at start-up.
 
+pub mod audit_event;
 pub mod auth;
 pub mod control;
 mod sql;
@@ -15,8 +16,8 @@ use uuid::Uuid;
 
 use crate::{
     error::AuthzError,
+    model::workload::Dataset,
     model::{ResourceRef, TeamRole, Visibility},
-    workload::Dataset,
 };
 pub use sql::{PgStore, SqliteStore};
 

@@ -8,8 +8,8 @@ use uuid::Uuid;
 use super::{Backend, Chain, Facts, Store};
 use crate::{
     error::AuthzError,
+    model::workload::Dataset,
     model::{ResourceKind, ResourceRef, TeamRole, Visibility},
-    workload::Dataset,
 };
 
 /// Columns every facts query returns; `$1` is the subject, `$2` the

@@ -9,8 +9,8 @@ use tonic::Request;
 use uuid::Uuid;
 use velro_authz::{
     audit::{AuditEvent, AuditFilter},
-    config::HumanDuration,
     proto::{self, Decision},
+    support::duration::HumanDuration,
 };
 
 use crate::common::{

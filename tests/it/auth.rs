@@ -19,7 +19,8 @@ use crate::{
 
 async fn login_and_sessions(kind: Db) {
     let w = auth_server(kind, |s| {
-        s.refresh_reuse_grace = velro_authz::config::HumanDuration(Duration::from_millis(300));
+        s.refresh_reuse_grace =
+            velro_authz::support::duration::HumanDuration(Duration::from_millis(300));
     })
     .await;
     let world = &w.world;
@@ -163,7 +164,8 @@ async fn rehash_on_parameter_change_and_disabling_ends_sessions() {
     // Stored hashes use m=1024; this server wants m=2048.
     let w = auth_server(Db::Postgres, |s| {
         s.argon2_memory_kib = 2048;
-        s.token_cache_ttl = velro_authz::config::HumanDuration(Duration::from_millis(300));
+        s.token_cache_ttl =
+            velro_authz::support::duration::HumanDuration(Duration::from_millis(300));
     })
     .await;
     let store = w.db.store().await;
@@ -205,7 +207,8 @@ async fn rehash_on_parameter_change_and_disabling_ends_sessions() {
 async fn failed_logins_are_throttled_then_the_user_gets_in() {
     let w = auth_server(Db::Sqlite, |s| {
         s.login_free_failures = 3;
-        s.login_base_delay = velro_authz::config::HumanDuration(Duration::from_millis(500));
+        s.login_base_delay =
+            velro_authz::support::duration::HumanDuration(Duration::from_millis(500));
     })
     .await;
     let user = w.world.editor;

@@ -7,8 +7,8 @@ use std::time::Duration;
 use tonic::{Code, Request};
 use uuid::Uuid;
 use velro_authz::{
-    config::HumanDuration,
     proto::{self, Decision},
+    support::duration::HumanDuration,
 };
 
 use crate::common::{

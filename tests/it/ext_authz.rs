@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::{
     },
 };
 use uuid::Uuid;
-use velro_authz::config::HumanDuration;
+use velro_authz::support::duration::HumanDuration;
 
 use crate::common::{
     Db,

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use tonic::Code;
-use velro_authz::{config::HumanDuration, proto};
+use velro_authz::{proto, support::duration::HumanDuration};
 
 use crate::{
     common::{

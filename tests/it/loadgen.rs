@@ -13,7 +13,7 @@ use velro_authz::{
         report::ScenarioResult,
         run_scenario,
     },
-    workload,
+    model::workload,
 };
 
 use crate::common::{Db, TestDb, TestServer, settings};

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use uuid::Uuid;
 use velro_authz::{
-    config::{HumanDuration, Settings},
-    media_url::UrlKey,
+    app::config::Settings,
+    layers::media_access::signer::UrlKey,
     proto::{self, Consistency, Decision},
+    support::duration::HumanDuration,
 };
 
 use crate::{
@@ -60,7 +61,7 @@ async fn round_trip(kind: Db) {
         signed.url.starts_with("https://media.velro.test/o/media/"),
         "{signed:?}"
     );
-    let lifetime = signed.expires_at - velro_authz::auth::now_unix() as i64;
+    let lifetime = signed.expires_at - velro_authz::support::clock::now_unix() as i64;
     assert!(
         (295..=300).contains(&lifetime),
         "default lifetime 5 min: {lifetime}"
@@ -188,7 +189,7 @@ async fn ip_binding_rotation_and_expiry() {
         .await
         .signed_url
         .unwrap();
-    let wait = short.expires_at + 1 - velro_authz::auth::now_unix() as i64;
+    let wait = short.expires_at + 1 - velro_authz::support::clock::now_unix() as i64;
     tokio::time::sleep(Duration::from_secs(wait.clamp(0, 3) as u64)).await;
     refused(
         &pruned

@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 use tonic::Code;
 use uuid::Uuid;
 use velro_authz::{
-    config::{HumanDuration, Settings},
+    app::config::Settings,
+    layers::rate_limit::limiter::Tier,
     proto::{self, Decision},
-    rate_limit::Tier,
+    support::duration::HumanDuration,
 };
 
 use crate::common::{

@@ -10,9 +10,9 @@ use rand_chacha::ChaCha8Rng;
 use uuid::Uuid;
 use velro_authz::{
     loadgen::expect::Expected,
+    model::workload::{self, Dataset},
     model::{Action, ResourceKind, TeamRole, Visibility},
     proto::{self, Decision},
-    workload::{self, Dataset},
 };
 
 use crate::{

@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use uuid::Uuid;
 use velro_authz::{
-    auth::now_unix,
-    config::{HumanDuration, Settings},
+    app::config::Settings,
     layers::security_context::{ChangePolicy, GeoEntry, IpRules, TeamRules},
     proto::{self, Decision},
     store::auth::NewSession,
+    support::clock::now_unix,
+    support::duration::HumanDuration,
 };
 
 use crate::{

@@ -13,8 +13,8 @@ use tonic_reflection::pb::v1::{
     server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
 };
 use velro_authz::{
-    config::HumanDuration,
     proto::{self, Decision},
+    support::duration::HumanDuration,
 };
 
 use crate::common::{

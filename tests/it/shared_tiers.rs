@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use velro_authz::{config::HumanDuration, proto};
+use velro_authz::{proto, support::duration::HumanDuration};
 
 use crate::common::{
     Db, TestDb, TestServer,

@@ -6,7 +6,7 @@ use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
 use tonic::Code;
-use velro_authz::auth::now_unix;
+use velro_authz::support::clock::now_unix;
 
 use crate::common::{
     Db,
@@ -224,7 +224,9 @@ async fn an_es256_issuer_from_a_jwks_file() {
                 issuer: "https://ec.example.test/".into(),
                 audience: "velro".into(),
                 algorithms: vec!["ES256".into()],
-                leeway: velro_authz::config::HumanDuration(std::time::Duration::from_secs(5)),
+                leeway: velro_authz::support::duration::HumanDuration(
+                    std::time::Duration::from_secs(5),
+                ),
                 hs256_secret: None,
                 jwks_file: Some(jwks_file.clone()),
             })

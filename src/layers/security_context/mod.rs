@@ -24,14 +24,14 @@ pub use network::{GeoEntry, IpRules};
 use sessions::Sessions;
 
 use crate::{
-    auth::now_unix,
     cache::PermissionCache,
-    config::HumanDuration,
+    cache::freshness::Freshness,
     engine::layer::{Check, Context, Layer, LayerId, Step, Verdict},
     error::AuthzError,
-    freshness::Freshness,
     layers::cache::load_permissions,
     store::Store,
+    support::clock::now_unix,
+    support::duration::HumanDuration,
 };
 
 /// What to do when a session is used from another network or user agent

@@ -9,7 +9,7 @@ use std::{net::IpAddr, sync::Arc, time::Duration};
 use moka::sync::Cache;
 use uuid::Uuid;
 
-use crate::{error::AuthzError, freshness::Freshness, store::Store};
+use crate::{cache::freshness::Freshness, error::AuthzError, store::Store};
 
 /// A session as the guard needs it.
 #[derive(Clone, Debug)]

@@ -2,9 +2,9 @@
 
 use uuid::Uuid;
 use velro_authz::{
+    model::workload::{Dataset, Generation, Media, Member, Project, Team, User},
     model::{TeamRole, Visibility},
     proto,
-    workload::{Dataset, Generation, Media, Member, Project, Team, User},
 };
 
 pub struct World {

@@ -6,9 +6,10 @@ use std::path::PathBuf;
 use tonic::{Request, Status};
 use uuid::Uuid;
 use velro_authz::{
+    app::config::Settings,
     auth::{jwt::ExternalIssuer, password::PasswordHashing},
-    config::{HumanDuration, Settings},
     proto::{self, authenticate_request::Credentials},
+    support::duration::HumanDuration,
 };
 
 use super::{Db, TestDb, TestServer, fixture::World, settings};
@@ -118,7 +119,7 @@ pub fn external_issuer() -> ExternalIssuer {
 pub async fn auth_server(kind: Db, tweak: impl FnOnce(&mut Settings)) -> AuthWorld {
     let dir = tempfile::tempdir().unwrap();
     let key_path = dir.path().join("signing.pem");
-    velro_authz::admin::generate_key(&key_path).unwrap();
+    velro_authz::app::commands::generate_key(&key_path).unwrap();
     let key_pem = std::fs::read_to_string(&key_path).unwrap();
 
     let db = TestDb::create(kind).await;

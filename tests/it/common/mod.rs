@@ -15,10 +15,11 @@ use sqlx::Connection;
 use tonic::transport::Channel;
 use uuid::Uuid;
 use velro_authz::{
-    config::{HumanDuration, Settings},
+    app::config::Settings,
+    app::server::{self, RunningServer},
     proto::authorization_service_client::AuthorizationServiceClient,
-    server::{self, RunningServer},
     store::{self, PoolConfig, Store},
+    support::duration::HumanDuration,
 };
 
 /// PostgreSQL administrative URL; each test creates its own database there.

@@ -1,0 +1,118 @@
+//! The ops HTTP port: Prometheus metrics, liveness, readiness and the JWKS.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+
+use crate::{cache::freshness::Freshness, support::breaker::Breaker, support::metrics::Metrics};
+
+/// What readiness watches besides start-up and draining: a replica that
+/// cannot reach the database serves degraded (cached answers only, within
+/// `cache_max_lag`) and says so.
+#[derive(Clone)]
+pub struct Dependencies {
+    pub database: Arc<Breaker>,
+    pub freshness: Arc<Freshness>,
+}
+
+impl Dependencies {
+    /// Why the replica is degraded, if it is; also sets the
+    /// `velro_authz_degraded` gauge (read at each scrape and probe).
+    pub fn degraded(&self, metrics: &Metrics) -> Option<&'static str> {
+        let why = if self.database.is_open() {
+            Some("the database is unreachable (circuit breaker open)")
+        } else if !self.freshness.trusted() {
+            Some("the change log has not been read within cache_max_lag")
+        } else {
+            None
+        };
+        metrics.ops.degraded.set(i64::from(why.is_some()));
+        why
+    }
+}
+
+/// Whether the service should receive traffic: true once migrations ran and
+/// pools are up, false again while draining.
+#[derive(Default)]
+pub struct Readiness(AtomicBool);
+
+impl Readiness {
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Clone)]
+struct Ops {
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    dependencies: Dependencies,
+    jwks: Arc<serde_json::Value>,
+}
+
+/// `jwks` is the JSON Web Key Set of the token signing keys (fixed at start-up).
+pub fn router(
+    metrics: Arc<Metrics>,
+    readiness: Arc<Readiness>,
+    dependencies: Dependencies,
+    jwks: Arc<serde_json::Value>,
+) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/.well-known/jwks.json", get(jwks_json))
+        .with_state(Ops {
+            metrics,
+            readiness,
+            dependencies,
+            jwks,
+        })
+}
+
+async fn jwks_json(State(ops): State<Ops>) -> impl IntoResponse {
+    (
+        StatusCode::OK,
+        [
+            ("content-type", "application/json"),
+            ("cache-control", "public, max-age=300"),
+        ],
+        ops.jwks.to_string(),
+    )
+}
+
+async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
+    ops.dependencies.degraded(&ops.metrics);
+    match ops.metrics.render() {
+        Ok(text) => (
+            StatusCode::OK,
+            [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+            text,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot render metrics: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn ready(State(ops): State<Ops>) -> impl IntoResponse {
+    let degraded = ops.dependencies.degraded(&ops.metrics);
+    match (ops.readiness.get(), degraded) {
+        (false, _) => (StatusCode::SERVICE_UNAVAILABLE, "not ready\n".to_owned()),
+        (true, Some(why)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("degraded: {why}; cached answers only\n"),
+        ),
+        (true, None) => (StatusCode::OK, "ready\n".to_owned()),
+    }
+}

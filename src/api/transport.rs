@@ -1,0 +1,137 @@
+//! Transport concerns as a tower layer around every gRPC route:
+//!
+//! * a server-side deadline (the client's `grpc-timeout` wins when shorter)
+//!   answered with DEADLINE_EXCEEDED, where tonic alone would say CANCELLED;
+//! * an oversize message answered with RESOURCE_EXHAUSTED and the limit, as
+//!   gRPC specifies, where tonic alone would say OUT_OF_RANGE.
+
+use std::{
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use http::{HeaderValue, Request, Response};
+use tonic::{Code, Status, body::Body};
+use tower::{Layer, Service};
+
+use crate::support::futures::BoxFuture;
+
+/// Margin by which our deadline fires before the client's own deadline
+/// timer (a tenth of it, within these bounds), so the caller sees our
+/// DEADLINE_EXCEEDED rather than its own CANCELLED.
+const DEADLINE_MARGIN: (Duration, Duration) =
+    (Duration::from_micros(500), Duration::from_millis(10));
+
+#[derive(Clone, Debug)]
+pub struct GuardLayer {
+    pub server_timeout: Duration,
+    pub max_message_bytes: usize,
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guard {
+            inner,
+            config: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Guard<S> {
+    inner: S,
+    config: GuardLayer,
+}
+
+impl<S, B> Service<Request<B>> for Guard<S>
+where
+    S: Service<Request<B>, Response = Response<Body>> + Send,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let deadline = match client_timeout(request.headers().get("grpc-timeout")) {
+            Some(client) if client < self.config.server_timeout => {
+                client.saturating_sub((client / 10).clamp(DEADLINE_MARGIN.0, DEADLINE_MARGIN.1))
+            }
+            _ => self.config.server_timeout,
+        };
+        let limit = self.config.max_message_bytes;
+        let response = self.inner.call(request);
+        let until = tokio::time::Instant::now() + deadline;
+        Box::pin(async move {
+            // The handler sees the deadline too, and passes what is left of
+            // it to the database and Redis.
+            let response = crate::support::deadline::scope(until, response);
+            match tokio::time::timeout_at(until, response).await {
+                Ok(Ok(response)) => Ok(explain_oversize(response, limit)),
+                Ok(Err(error)) => Err(error),
+                Err(_) => Ok(Status::deadline_exceeded(format!(
+                    "no answer within the request deadline of {} ms",
+                    deadline.as_millis()
+                ))
+                .into_http()),
+            }
+        })
+    }
+}
+
+/// Parses a `grpc-timeout` header value (`<digits><unit>`).
+fn client_timeout(header: Option<&HeaderValue>) -> Option<Duration> {
+    let text = header?.to_str().ok()?;
+    let (digits, unit) = text.split_at(text.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// Rewrites tonic's OUT_OF_RANGE for a too-large request into
+/// RESOURCE_EXHAUSTED with a message that names the setting.
+fn explain_oversize(response: Response<Body>, limit: usize) -> Response<Body> {
+    let Some(status) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    if status.code() != Code::OutOfRange
+        || !status
+            .message()
+            .contains("decoded message length too large")
+    {
+        return response;
+    }
+    Status::resource_exhausted(format!(
+        "the request message is larger than the {limit}-byte limit (setting max_message_bytes): send less per call"
+    ))
+    .into_http()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_units() {
+        let parse = |s: &'static str| client_timeout(Some(&HeaderValue::from_static(s)));
+        assert_eq!(parse("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse("7u"), Some(Duration::from_micros(7)));
+        assert_eq!(parse("x"), None);
+        assert_eq!(parse("10Q"), None);
+    }
+}

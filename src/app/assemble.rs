@@ -1,0 +1,172 @@
+//! Builds the ten-layer engine once from the settings, with what keeps it
+//! current: the change-log and kill-switch followers, the audit writer and
+//! the limiter's housekeeping.
+
+use std::sync::Arc;
+
+use tokio::{sync::watch, task::JoinHandle};
+
+use crate::{
+    app::{
+        config::Settings,
+        stack::{StackParts, layer_stack},
+    },
+    audit::AuditLog,
+    cache::{
+        PermissionCache,
+        database::DatabaseTier,
+        freshness::{self, Freshness},
+        redis::RedisTier,
+    },
+    engine::Engine,
+    error::AuthzError,
+    layers::{
+        emergency::switches::{self, KillSwitches},
+        media_access::signer::UrlSigner,
+        rate_limit::{RateLimit, anomaly::Anomalies, limiter::Limiter},
+        security_context::SecurityContext,
+    },
+    store::{Backend, Store},
+    support::{breaker::Breaker, metrics::Metrics},
+};
+
+/// Change-log entries a starting replica reads to judge shared-tier entries.
+const RECENT_CHANGES: i64 = 100_000;
+/// How long the database breaker stays open before a request probes.
+const DATABASE_COOL_OFF: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often idle principals are dropped from the in-process limiters.
+const LIMITER_HOUSEKEEPING: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What `start` serves, built once from the settings.
+pub struct Assembled {
+    pub engine: Arc<Engine>,
+    pub cache: Arc<PermissionCache>,
+    pub freshness: Arc<Freshness>,
+    pub database: Arc<Breaker>,
+    pub audit: Arc<AuditLog>,
+    /// Followers and housekeeping: aborted at shutdown.
+    pub background: Vec<JoinHandle<()>>,
+    /// Ends by itself after `stop`, once the queued events are written.
+    pub audit_writer: JoinHandle<()>,
+}
+
+/// Builds the ten-layer engine and what keeps it current (change-log and
+/// kill-switch followers, the audit writer, limiter housekeeping).
+pub async fn assemble(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    stop: watch::Receiver<bool>,
+) -> Result<Assembled, AuthzError> {
+    // Start from the recent past of the change log, so that shared-tier
+    // entries computed by other replicas since then can be checked and used.
+    let start = store
+        .current_revision()
+        .await?
+        .saturating_sub(RECENT_CHANGES)
+        .max(0);
+    let freshness = Arc::new(Freshness::new(
+        start,
+        settings.cache_max_lag.0,
+        metrics.clone(),
+    ));
+    freshness.sync(store.as_ref()).await?;
+    let database = Arc::new(Breaker::new("database", DATABASE_COOL_OFF, metrics.clone()));
+    let listen_url = (store.backend() == Backend::Postgres).then(|| settings.database_url.clone());
+    let mut background = vec![tokio::spawn(freshness::follow(
+        freshness.clone(),
+        store.clone(),
+        settings.change_poll.0,
+        listen_url,
+        database.clone(),
+    ))];
+    let mut cache = PermissionCache::new(
+        settings.cache_capacity,
+        settings.cache_ttl.0,
+        freshness.clone(),
+        metrics.clone(),
+    );
+    if let Some(url) = &settings.redis_url {
+        cache = cache.with_redis(Arc::new(RedisTier::new(
+            url,
+            &settings.redis_prefix,
+            settings.redis_timeout.0,
+            settings.redis_ttl.0,
+            metrics.clone(),
+        )?));
+    }
+    if settings.db_cache {
+        cache = cache.with_database(DatabaseTier {
+            store: store.clone(),
+            ttl: settings.db_cache_ttl.0,
+        });
+    }
+    let cache = Arc::new(cache);
+    let security = SecurityContext::new(
+        &settings.security_context,
+        store.clone(),
+        freshness.clone(),
+        cache.clone(),
+    )
+    .map_err(AuthzError::invalid)?;
+    let media_urls = UrlSigner::new(&settings.media_urls).map_err(AuthzError::invalid)?;
+    let kill_switches =
+        Arc::new(KillSwitches::load(store.as_ref(), &settings.emergency, metrics.clone()).await?);
+    background.push(tokio::spawn(switches::follow(
+        kill_switches.clone(),
+        freshness.clone(),
+        store.clone(),
+        settings.change_poll.0,
+    )));
+    let (audit, audit_writer) =
+        AuditLog::start(&settings.audit, store.clone(), metrics.clone(), stop)
+            .map_err(AuthzError::invalid)?;
+    let rate_limit = match settings.rate_limit.enabled {
+        false => None,
+        true => {
+            let redis = settings
+                .redis_url
+                .as_deref()
+                .map(|url| (url, settings.redis_prefix.as_str()));
+            let limiter = Arc::new(
+                Limiter::new(&settings.rate_limit, store.clone(), redis, metrics.clone())
+                    .map_err(|e| AuthzError::invalid(format!("[rate_limit]: {e}")))?,
+            );
+            let idle = limiter.clone();
+            background.push(tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(LIMITER_HOUSEKEEPING).await;
+                    idle.housekeeping();
+                }
+            }));
+            Some(Arc::new(RateLimit::new(
+                limiter,
+                Anomalies::new(&settings.rate_limit.anomaly),
+                audit.clone(),
+            )))
+        }
+    };
+    let engine = Arc::new(Engine::new(
+        layer_stack(StackParts {
+            rate_limit,
+            kill_switches,
+            security: Arc::new(security),
+            cache: cache.clone(),
+            media_urls: Arc::new(media_urls),
+            audit: audit.clone(),
+        }),
+        store,
+        metrics,
+        settings.max_chain_depth,
+        database.clone(),
+    ));
+    Ok(Assembled {
+        engine,
+        cache,
+        freshness,
+        database,
+        audit,
+        background,
+        audit_writer,
+    })
+}

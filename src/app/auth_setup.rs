@@ -1,0 +1,64 @@
+//! Builds the authenticator once at start-up from the settings: keys,
+//! issuers, the hashing pool (and its dummy hash) and the throttles.
+
+use std::sync::Arc;
+
+use crate::auth::{
+    AfterLogin, AuthConfig, Authenticator,
+    jwt::TokenService,
+    keys::SigningKeys,
+    password::PasswordHashing,
+    throttle::{Throttle, ThrottlePolicy},
+};
+use crate::{app::config::Settings, error::AuthzError, store::Store};
+
+/// `after_login` runs for each newly verified principal (predictive warming).
+pub async fn authenticator(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    after_login: Option<AfterLogin>,
+) -> Result<Arc<Authenticator>, AuthzError> {
+    let keys = Arc::new(SigningKeys::load(&settings.signing_keys)?);
+    if keys.ephemeral {
+        tracing::warn!(
+            "no signing_keys configured: tokens are signed with a throw-away key and die with this \
+             process (make one with `velro-authz keys generate`)"
+        );
+    }
+    let tokens = TokenService::new(
+        keys,
+        &settings.token_issuer,
+        &settings.token_audience,
+        settings.token_leeway.0.as_secs(),
+        settings.access_token_ttl.0.as_secs(),
+        &settings.external_issuers,
+    )?;
+    let hashing = PasswordHashing::new(
+        settings.hash_params(),
+        settings.password_threads(),
+        settings.password_queue,
+    )
+    .await?;
+    let policy = |free| ThrottlePolicy {
+        free_failures: free,
+        base_delay: settings.login_base_delay.0,
+        max_delay: settings.login_max_delay.0,
+    };
+    let throttles = (
+        Throttle::new(policy(settings.login_free_failures), "account"),
+        Throttle::new(policy(settings.login_ip_free_failures), "client address"),
+    );
+    Ok(Arc::new(Authenticator::new(
+        store,
+        tokens,
+        hashing,
+        throttles,
+        AuthConfig {
+            refresh_ttl: settings.refresh_token_ttl.0,
+            refresh_reuse_grace: settings.refresh_reuse_grace.0,
+            token_cache_capacity: settings.token_cache_capacity,
+            token_cache_ttl: settings.token_cache_ttl.0,
+            after_login,
+        },
+    )))
+}

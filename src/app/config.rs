@@ -1,0 +1,474 @@
+//! Settings from defaults, a TOML file, environment variables and flags, in
+//! rising precedence. One struct serves clap and serde, so `--help` and the
+//! TOML keys can never drift apart.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{ArgMatches, Args, parser::ValueSource};
+use serde::{Deserialize, Serialize};
+
+use crate::support::duration::HumanDuration;
+
+/// Every setting of the service. TOML keys are the field names.
+#[derive(Args, Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// TOML file with settings (keys as the long flags, with `_` for `-`).
+    #[arg(long, env = "VELRO_CONFIG", global = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub config: Option<PathBuf>,
+
+    /// gRPC listen address (Authorize, BatchAuthorize, health, reflection).
+    #[arg(
+        long,
+        env = "VELRO_LISTEN",
+        default_value = "0.0.0.0:50051",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// Ops HTTP listen address (/metrics, /health, /ready).
+    #[arg(
+        long,
+        env = "VELRO_OPS_LISTEN",
+        default_value = "0.0.0.0:9090",
+        global = true
+    )]
+    pub ops_listen: SocketAddr,
+
+    /// Database URL: sqlite://FILE (embedded, created if missing) or postgres://….
+    #[arg(
+        long,
+        env = "VELRO_DATABASE_URL",
+        default_value = "sqlite://velro-authz.db",
+        global = true
+    )]
+    pub database_url: String,
+
+    /// Most database connections in the pool.
+    #[arg(
+        long,
+        env = "VELRO_DB_MAX_CONNECTIONS",
+        default_value_t = 16,
+        global = true
+    )]
+    pub db_max_connections: u32,
+
+    /// How long a query waits for a pooled connection before failing (UNAVAILABLE).
+    #[arg(
+        long,
+        env = "VELRO_DB_ACQUIRE_TIMEOUT",
+        default_value = "2s",
+        global = true
+    )]
+    pub db_acquire_timeout: HumanDuration,
+
+    /// Run migrations when `serve` starts.
+    #[arg(long, env = "VELRO_MIGRATE_ON_START", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub migrate_on_start: bool,
+
+    /// Seed a small demo data set into an empty embedded (SQLite) database.
+    #[arg(long, env = "VELRO_DEMO_DATA", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub demo_data: bool,
+
+    /// Most permission sets held by the in-process cache tier.
+    #[arg(
+        long,
+        env = "VELRO_CACHE_CAPACITY",
+        default_value_t = 200_000,
+        global = true
+    )]
+    pub cache_capacity: u64,
+
+    /// How long the in-process tier keeps a permission set (bounds memory;
+    /// freshness comes from the change log).
+    #[arg(long, env = "VELRO_CACHE_TTL", default_value = "30s", global = true)]
+    pub cache_ttl: HumanDuration,
+
+    /// Redis URL for the shared cache tier (e.g. redis://127.0.0.1:6379);
+    /// none: in-process tier only.
+    #[arg(long, env = "VELRO_REDIS_URL", global = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key this service writes.
+    #[arg(
+        long,
+        env = "VELRO_REDIS_PREFIX",
+        default_value = "velro-authz:",
+        global = true
+    )]
+    pub redis_prefix: String,
+
+    /// Deadline of every Redis call; a slower Redis is skipped.
+    #[arg(
+        long,
+        env = "VELRO_REDIS_TIMEOUT",
+        default_value = "100ms",
+        global = true
+    )]
+    pub redis_timeout: HumanDuration,
+
+    /// Lifetime of a permission set in Redis.
+    #[arg(long, env = "VELRO_REDIS_TTL", default_value = "5m", global = true)]
+    pub redis_ttl: HumanDuration,
+
+    /// Use the database cache tier (table `permission_cache`) below Redis.
+    #[arg(long, env = "VELRO_DB_CACHE", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub db_cache: bool,
+
+    /// Lifetime of a permission set in the database tier.
+    #[arg(long, env = "VELRO_DB_CACHE_TTL", default_value = "10m", global = true)]
+    pub db_cache_ttl: HumanDuration,
+
+    /// How often the change log is read besides notifications (the
+    /// invalidation bound when notifications are lost, and on SQLite).
+    #[arg(
+        long,
+        env = "VELRO_CHANGE_POLL",
+        default_value = "250ms",
+        global = true
+    )]
+    pub change_poll: HumanDuration,
+
+    /// With no successful read of the change log for this long, cached
+    /// answers are not used (fail closed rather than stale).
+    #[arg(long, env = "VELRO_CACHE_MAX_LAG", default_value = "5s", global = true)]
+    pub cache_max_lag: HumanDuration,
+
+    /// Most items in one BatchAuthorize call.
+    #[arg(
+        long,
+        env = "VELRO_MAX_BATCH_ITEMS",
+        default_value_t = 1_000,
+        global = true
+    )]
+    pub max_batch_items: usize,
+
+    /// Largest accepted gRPC message, in bytes.
+    #[arg(long, env = "VELRO_MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024, global = true)]
+    pub max_message_bytes: usize,
+
+    /// Server-side deadline of every RPC (a shorter client deadline wins).
+    #[arg(
+        long,
+        env = "VELRO_REQUEST_TIMEOUT",
+        default_value = "5s",
+        global = true
+    )]
+    pub request_timeout: HumanDuration,
+
+    /// Most concurrent HTTP/2 streams per connection.
+    #[arg(
+        long,
+        env = "VELRO_MAX_CONCURRENT_STREAMS",
+        default_value_t = 1024,
+        global = true
+    )]
+    pub max_concurrent_streams: u32,
+
+    /// On SIGTERM/SIGINT: how long to report NOT_SERVING before closing listeners.
+    #[arg(long, env = "VELRO_DRAIN_DELAY", default_value = "0s", global = true)]
+    pub drain_delay: HumanDuration,
+
+    /// `iss` of the access tokens this service issues.
+    #[arg(
+        long,
+        env = "VELRO_TOKEN_ISSUER",
+        default_value = "velro-authz",
+        global = true
+    )]
+    pub token_issuer: String,
+
+    /// `aud` of the access tokens this service issues (and requires).
+    #[arg(
+        long,
+        env = "VELRO_TOKEN_AUDIENCE",
+        default_value = "velro",
+        global = true
+    )]
+    pub token_audience: String,
+
+    /// Lifetime of an access token.
+    #[arg(
+        long,
+        env = "VELRO_ACCESS_TOKEN_TTL",
+        default_value = "15m",
+        global = true
+    )]
+    pub access_token_ttl: HumanDuration,
+
+    /// Lifetime of a refresh token (each use replaces it).
+    #[arg(
+        long,
+        env = "VELRO_REFRESH_TOKEN_TTL",
+        default_value = "720h",
+        global = true
+    )]
+    pub refresh_token_ttl: HumanDuration,
+
+    /// A second use of a refresh token this soon after the first is taken for
+    /// a client's concurrent refresh and refused without revoking the
+    /// session; any later reuse revokes it (theft detection).
+    #[arg(
+        long,
+        env = "VELRO_REFRESH_REUSE_GRACE",
+        default_value = "2s",
+        global = true
+    )]
+    pub refresh_reuse_grace: HumanDuration,
+
+    /// Clock skew tolerated on `exp` and `nbf` of our tokens.
+    #[arg(long, env = "VELRO_TOKEN_LEEWAY", default_value = "30s", global = true)]
+    pub token_leeway: HumanDuration,
+
+    /// Ed25519 PEM key files (`velro-authz keys generate`); the last one signs,
+    /// all verify. None: a throw-away key per process (tokens die with it).
+    #[arg(
+        long = "signing-key",
+        env = "VELRO_SIGNING_KEYS",
+        value_delimiter = ',',
+        global = true
+    )]
+    #[serde(default)]
+    pub signing_keys: Vec<PathBuf>,
+
+    /// argon2id memory cost in KiB (OWASP: 19456).
+    #[arg(
+        long,
+        env = "VELRO_ARGON2_MEMORY_KIB",
+        default_value_t = 19_456,
+        global = true
+    )]
+    pub argon2_memory_kib: u32,
+
+    /// argon2id iterations (OWASP: 2).
+    #[arg(
+        long,
+        env = "VELRO_ARGON2_ITERATIONS",
+        default_value_t = 2,
+        global = true
+    )]
+    pub argon2_iterations: u32,
+
+    /// argon2id lanes (OWASP: 1).
+    #[arg(
+        long,
+        env = "VELRO_ARGON2_PARALLELISM",
+        default_value_t = 1,
+        global = true
+    )]
+    pub argon2_parallelism: u32,
+
+    /// Threads hashing passwords at once (0: one less than the CPUs, at least one).
+    #[arg(
+        long,
+        env = "VELRO_PASSWORD_WORKERS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub password_workers: usize,
+
+    /// Logins that may wait for a hashing thread; more get RESOURCE_EXHAUSTED.
+    #[arg(
+        long,
+        env = "VELRO_PASSWORD_QUEUE",
+        default_value_t = 64,
+        global = true
+    )]
+    pub password_queue: usize,
+
+    /// Failed logins per account before delays start.
+    #[arg(
+        long,
+        env = "VELRO_LOGIN_FREE_FAILURES",
+        default_value_t = 5,
+        global = true
+    )]
+    pub login_free_failures: u32,
+
+    /// Failed logins per client IP before delays start.
+    #[arg(
+        long,
+        env = "VELRO_LOGIN_IP_FREE_FAILURES",
+        default_value_t = 20,
+        global = true
+    )]
+    pub login_ip_free_failures: u32,
+
+    /// First delay after the free failures; doubles with each further failure.
+    #[arg(
+        long,
+        env = "VELRO_LOGIN_BASE_DELAY",
+        default_value = "1s",
+        global = true
+    )]
+    pub login_base_delay: HumanDuration,
+
+    /// Longest delay between attempts.
+    #[arg(
+        long,
+        env = "VELRO_LOGIN_MAX_DELAY",
+        default_value = "15m",
+        global = true
+    )]
+    pub login_max_delay: HumanDuration,
+
+    /// Verified tokens kept in memory.
+    #[arg(
+        long,
+        env = "VELRO_TOKEN_CACHE_CAPACITY",
+        default_value_t = 100_000,
+        global = true
+    )]
+    pub token_cache_capacity: u64,
+
+    /// How long a verified token is trusted without looking at its session
+    /// again: the bound for revocations made by another replica or the CLI.
+    #[arg(
+        long,
+        env = "VELRO_TOKEN_CACHE_TTL",
+        default_value = "10s",
+        global = true
+    )]
+    pub token_cache_ttl: HumanDuration,
+
+    /// Secret the admin RPCs require in `x-velro-admin-token`; unset disables them.
+    #[arg(long, env = "VELRO_ADMIN_TOKEN", global = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<String>,
+
+    /// Envoy ext_authz: route table and headers (TOML only: `[ext_authz]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub ext_authz: crate::api::ext_authz::ExtAuthzConfig,
+
+    /// Layer 4 rules: networks, countries, user agents, sessions (TOML only:
+    /// `[security_context]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub security_context: crate::layers::security_context::SecurityContextConfig,
+
+    /// Layer 6: signed media URL keys and lifetime (TOML only: `[media_urls]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub media_urls: crate::layers::media_access::signer::MediaUrlConfig,
+
+    /// Layer 10: tiers, quotas, Redis sharing, anomaly model (TOML only:
+    /// `[rate_limit]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub rate_limit: crate::layers::rate_limit::limiter::RateLimitConfig,
+
+    /// Layer 9: break-glass users (TOML only: `[emergency]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub emergency: crate::layers::emergency::switches::EmergencyConfig,
+
+    /// Layer 8: queue, spill file, JSON lines, denial bursts (TOML only:
+    /// `[audit]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub audit: crate::audit::AuditConfig,
+
+    /// External token issuers (TOML only: `[[external_issuers]]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub external_issuers: Vec<crate::auth::jwt::ExternalIssuer>,
+
+    /// Parent links layer 5 walks for generation inheritance; a longer
+    /// chain is a data-integrity fault (denied, alerted).
+    #[arg(
+        long,
+        env = "VELRO_MAX_CHAIN_DEPTH",
+        default_value_t = crate::layers::inheritance::DEFAULT_MAX_DEPTH,
+        global = true
+    )]
+    pub max_chain_depth: u32,
+
+    /// Log filter (tracing `EnvFilter` syntax; RUST_LOG wins when set).
+    #[arg(long, env = "VELRO_LOG", default_value = "info", global = true)]
+    pub log: String,
+}
+
+impl Settings {
+    /// Overlays the TOML file named by `config` under everything given by
+    /// flag or environment.
+    pub fn apply_file(self, matches: &ArgMatches) -> Result<Settings, String> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        let file: toml::Table =
+            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut merged = toml::Table::try_from(&self).map_err(|e| e.to_string())?;
+        for (key, value) in file {
+            // TOML-only sections ([ext_authz], [security_context], …) are no clap args.
+            let is_arg = matches.try_contains_id(&key).is_ok();
+            let given = is_arg
+                && matches!(
+                    matches.value_source(&key),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                );
+            if !given {
+                merged.insert(key, value);
+            }
+        }
+        merged
+            .try_into()
+            .map_err(|e: toml::de::Error| format!("{}: {}", path.display(), e.message()))
+    }
+
+    pub fn hash_params(&self) -> crate::auth::password::HashParams {
+        crate::auth::password::HashParams {
+            memory_kib: self.argon2_memory_kib,
+            iterations: self.argon2_iterations,
+            parallelism: self.argon2_parallelism,
+        }
+    }
+
+    /// Hashing threads: as configured, or one less than the CPUs.
+    pub fn password_threads(&self) -> usize {
+        match self.password_workers {
+            0 => std::thread::available_parallelism()
+                .map_or(1, |n| n.get().saturating_sub(1))
+                .max(1),
+            n => n,
+        }
+    }
+
+    pub fn pool(&self) -> crate::store::PoolConfig {
+        crate::store::PoolConfig {
+            max_connections: self.db_max_connections,
+            acquire_timeout: self.db_acquire_timeout.0,
+        }
+    }
+
+    /// Defaults, as `velro-authz` would run with no flags, file or environment.
+    pub fn defaults() -> Result<Settings, clap::Error> {
+        use clap::{FromArgMatches, Parser};
+        #[derive(Parser)]
+        struct Only {
+            #[command(flatten)]
+            settings: Settings,
+        }
+        let matches = <Only as clap::CommandFactory>::command()
+            .no_binary_name(true)
+            .try_get_matches_from(Vec::<String>::new())?;
+        Ok(Only::from_arg_matches(&matches)?.settings)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn defaults_parse() {
+        let s = Settings::defaults().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.listen.port(), 50051);
+        assert_eq!(s.request_timeout, HumanDuration(Duration::from_secs(5)));
+    }
+}

@@ -1,0 +1,243 @@
+//! Assembles the service once at start-up (store, migrations, cache, engine,
+//! gRPC and ops listeners) and runs it until asked to drain and stop.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::{
+    net::TcpListener,
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
+use tonic::transport::{Server, server::TcpIncoming};
+use tonic_health::ServingStatus;
+
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+
+use crate::{
+    api::{
+        ext_authz::ExtAuthzService,
+        ops::{self, Readiness},
+        service::AuthzService,
+        transport::GuardLayer,
+    },
+    app::{
+        assemble::{Assembled, assemble},
+        auth_setup,
+        config::Settings,
+        demo,
+    },
+    cache::warming::Warmer,
+    error::AuthzError,
+    proto::{self, authorization_service_server::AuthorizationServiceServer},
+    store::{self, Backend},
+    support::metrics::Metrics,
+};
+
+const SERVICE_NAME: &str = "velro.authz.v1.AuthorizationService";
+
+/// A started server. Dropping it also starts a drain.
+pub struct RunningServer {
+    pub grpc_addr: SocketAddr,
+    pub ops_addr: SocketAddr,
+    drain: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), AuthzError>>,
+}
+
+impl RunningServer {
+    /// Reports NOT_SERVING, waits the drain delay, lets in-flight requests
+    /// finish and closes the listeners and pools.
+    pub async fn shutdown(mut self) -> Result<(), AuthzError> {
+        if let Some(drain) = self.drain.take() {
+            let _ = drain.send(());
+        }
+        (&mut self.task)
+            .await
+            .map_err(|e| AuthzError::Internal(format!("server task failed: {e}")))?
+    }
+}
+
+fn bind_error(what: &str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> AuthzError {
+    let what = what.to_owned();
+    move |e| AuthzError::Unavailable(format!("cannot listen for {what} on {addr}: {e}"))
+}
+
+pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
+    let store = store::connect(&settings.database_url, &settings.pool()).await?;
+    if settings.migrate_on_start {
+        store.migrate().await?;
+    }
+    let metrics = Arc::new(Metrics::new());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let Assembled {
+        engine,
+        cache,
+        freshness,
+        database,
+        background,
+        audit_writer,
+        audit,
+    } = assemble(settings, store.clone(), metrics.clone(), stop_rx.clone()).await?;
+
+    // Predictive warming after each login or first use of a token.
+    let warmer = Arc::new(Warmer::new(engine.clone(), cache.clone(), metrics.clone()));
+    let after_login = Arc::new(move |user| warmer.warm(user));
+    let auth = auth_setup::authenticator(settings, store.clone(), Some(after_login)).await?;
+    let jwks = Arc::new(auth.tokens().keys().jwks());
+
+    let grpc_listener = TcpListener::bind(settings.listen)
+        .await
+        .map_err(bind_error("gRPC", settings.listen))?;
+    let ops_listener = TcpListener::bind(settings.ops_listen)
+        .await
+        .map_err(bind_error("ops HTTP", settings.ops_listen))?;
+    let grpc_addr = grpc_listener
+        .local_addr()
+        .map_err(bind_error("gRPC", settings.listen))?;
+    let ops_addr = ops_listener
+        .local_addr()
+        .map_err(bind_error("ops HTTP", settings.ops_listen))?;
+
+    if settings.demo_data && store.backend() == Backend::Sqlite {
+        demo::ensure(store.as_ref(), &engine, &auth, grpc_addr.port()).await?;
+    }
+
+    let reflection = || {
+        let builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        match proto::ENVOY_FILE_DESCRIPTOR_SET.is_empty() {
+            true => builder,
+            false => builder.register_encoded_file_descriptor_set(proto::ENVOY_FILE_DESCRIPTOR_SET),
+        }
+    };
+    let reflection_error =
+        |e: tonic_reflection::server::Error| AuthzError::Internal(format!("reflection: {e}"));
+    let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
+    let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+    let ext_authz = AuthorizationServer::new(ExtAuthzService::new(
+        engine.clone(),
+        auth.clone(),
+        metrics.clone(),
+        settings.ext_authz.clone(),
+    )?)
+    .max_decoding_message_size(settings.max_message_bytes);
+    let authz = AuthorizationServiceServer::new(AuthzService::new(
+        engine,
+        auth,
+        metrics.clone(),
+        settings.max_batch_items,
+        settings.admin_token.clone(),
+        audit,
+    ))
+    .max_decoding_message_size(settings.max_message_bytes);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let readiness = Arc::new(Readiness::default());
+    for name in ["", SERVICE_NAME] {
+        health
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    readiness.set(true);
+
+    let grpc = Server::builder()
+        .max_concurrent_streams(settings.max_concurrent_streams)
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
+        .layer(GuardLayer {
+            server_timeout: settings.request_timeout.0,
+            max_message_bytes: settings.max_message_bytes,
+        })
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(authz)
+        .add_service(ext_authz)
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            stopped(stop_rx.clone()),
+        );
+    let health_checks = ops::Dependencies {
+        database,
+        freshness,
+    };
+    let ops = axum::serve(
+        ops_listener,
+        ops::router(metrics, readiness.clone(), health_checks, jwks),
+    )
+    .with_graceful_shutdown(stopped(stop_rx));
+
+    let (drain_tx, drain_rx) = oneshot::channel::<()>();
+    let drain_delay = settings.drain_delay.0;
+    let drainer = async move {
+        let _ = drain_rx.await;
+        readiness.set(false);
+        for name in ["", SERVICE_NAME] {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        tracing::info!(?drain_delay, "draining: reporting NOT_SERVING");
+        tokio::time::sleep(drain_delay).await;
+        let _ = stop_tx.send(true);
+    };
+    let task = tokio::spawn(async move {
+        let (grpc, ops, ()) = tokio::join!(grpc, ops, drainer);
+        for task in background {
+            task.abort();
+        }
+        // The audit writer has seen the stop: it writes what is queued.
+        let _ = audit_writer.await;
+        store.close().await;
+        grpc.map_err(|e| AuthzError::Internal(format!("gRPC server failed: {e}")))?;
+        ops.map_err(|e| AuthzError::Internal(format!("ops server failed: {e}")))?;
+        tracing::info!("stopped");
+        Ok(())
+    });
+    tracing::info!(%grpc_addr, %ops_addr, database = %store::redact(&settings.database_url), "serving");
+    Ok(RunningServer {
+        grpc_addr,
+        ops_addr,
+        drain: Some(drain_tx),
+        task,
+    })
+}
+
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Runs the service until SIGTERM or Ctrl-C, then drains and stops.
+pub async fn serve(settings: &Settings) -> Result<(), AuthzError> {
+    // Each client connection holds a descriptor: take what the hard limit allows.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::info!(limit, "open file limit"),
+        Err(e) => tracing::warn!("cannot raise the open file limit: {e}"),
+    }
+    let running = start(settings).await?;
+    shutdown_signal().await;
+    tracing::info!("shutdown signal received");
+    running.shutdown().await
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(e) => {
+                    tracing::warn!("cannot listen for SIGTERM: {e}; only Ctrl-C stops the server");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

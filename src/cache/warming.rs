@@ -1,0 +1,77 @@
+//! Predictive warming: after a login or a token check, the permission sets a
+//! user most likely needs next (their teams' and own projects, their latest
+//! generations) are computed into the cache tiers in the background, so the
+//! first requests after login hit. Bounded: a few warm-ups at a time, a
+//! limited number of sets each; when busy, warming is skipped.
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use uuid::Uuid;
+
+use crate::{
+    cache::PermissionCache,
+    engine::Engine,
+    model::{PermissionKey, ResourceKind, ResourceRef},
+    support::metrics::Metrics,
+};
+
+/// Sets of each kind prefetched per user.
+const PER_KIND: i64 = 32;
+/// Warm-ups running at once on a replica.
+const AT_ONCE: usize = 2;
+
+pub struct Warmer {
+    engine: Arc<Engine>,
+    cache: Arc<PermissionCache>,
+    metrics: Arc<Metrics>,
+    slots: Arc<Semaphore>,
+}
+
+impl Warmer {
+    pub fn new(engine: Arc<Engine>, cache: Arc<PermissionCache>, metrics: Arc<Metrics>) -> Warmer {
+        Warmer {
+            engine,
+            cache,
+            metrics,
+            slots: Arc::new(Semaphore::new(AT_ONCE)),
+        }
+    }
+
+    /// Starts warming `user` in the background, unless enough already runs.
+    pub fn warm(self: &Arc<Self>, user: Uuid) {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            self.metrics.record_tier("warming", "skipped");
+            return;
+        };
+        let warmer = self.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let targets = match warmer.engine.store().warm_targets(user, PER_KIND).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!("warming {user}: {e}");
+                    return;
+                }
+            };
+            for (kind, id) in targets {
+                let (Some(kind), Ok(id)) = (ResourceKind::parse(&kind), Uuid::parse_str(&id))
+                else {
+                    continue;
+                };
+                let key = PermissionKey {
+                    subject: user,
+                    resource: ResourceRef { kind, id },
+                };
+                if warmer
+                    .cache
+                    .get_or_compute(key, warmer.engine.resolver())
+                    .await
+                    .is_ok()
+                {
+                    warmer.metrics.record_tier("warming", "warmed");
+                }
+            }
+        });
+    }
+}

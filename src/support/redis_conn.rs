@@ -1,0 +1,103 @@
+//! One Redis connection for one purpose (the cache tier, the distributed
+//! rate limiter), never on the critical path for longer than its deadline:
+//! connected lazily, every call bounded, failures counted by a circuit
+//! breaker that skips Redis until a probe succeeds.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use redis::{RedisResult, aio::ConnectionManager};
+use tokio::sync::Mutex;
+
+use crate::{error::AuthzError, support::breaker::Breaker, support::metrics::Metrics};
+
+/// How long a breaker stays open before one probe goes through.
+const COOL_OFF: Duration = Duration::from_secs(2);
+
+/// Why a call gave no answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Miss {
+    /// The breaker is open: Redis was not asked.
+    Skipped,
+    /// Redis failed or did not answer within the deadline.
+    Failed,
+}
+
+pub struct RedisConn {
+    client: redis::Client,
+    connection: Mutex<Option<ConnectionManager>>,
+    deadline: Duration,
+    pub breaker: Breaker,
+}
+
+impl RedisConn {
+    /// Parses the URL; connects on first use (a Redis that is down at
+    /// start-up is skipped like one that goes down later).
+    pub fn new(
+        url: &str,
+        deadline: Duration,
+        dependency: &'static str,
+        metrics: Arc<Metrics>,
+    ) -> Result<RedisConn, AuthzError> {
+        let client =
+            redis::Client::open(url).map_err(|e| AuthzError::invalid(format!("redis_url: {e}")))?;
+        Ok(RedisConn {
+            client,
+            connection: Mutex::new(None),
+            deadline,
+            breaker: Breaker::new(dependency, COOL_OFF, metrics),
+        })
+    }
+
+    async fn connection(&self) -> Option<ConnectionManager> {
+        let mut slot = self.connection.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Some(c.clone());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.deadline))
+            .set_response_timeout(Some(self.deadline))
+            .set_number_of_retries(0);
+        let made = tokio::time::timeout(
+            self.deadline,
+            self.client.get_connection_manager_with_config(config),
+        )
+        .await;
+        match made {
+            Ok(Ok(c)) => {
+                *slot = Some(c.clone());
+                Some(c)
+            }
+            _ => None,
+        }
+    }
+
+    /// Runs `call` within the deadline (or the request's remaining budget,
+    /// whichever is shorter), through the breaker.
+    pub async fn call<T, F, Fut>(&self, call: F) -> Result<T, Miss>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        if !self.breaker.allows() {
+            return Err(Miss::Skipped);
+        }
+        let budget = crate::support::deadline::budget(self.deadline);
+        let outcome = tokio::time::timeout(budget, async {
+            let connection = self.connection().await?;
+            call(connection).await.ok()
+        })
+        .await;
+        match outcome {
+            Ok(Some(value)) => {
+                self.breaker.success();
+                Ok(value)
+            }
+            // Cut short by the request's own deadline: not Redis's fault.
+            Err(_) if budget < self.deadline => Err(Miss::Failed),
+            _ => {
+                self.breaker.failure();
+                Err(Miss::Failed)
+            }
+        }
+    }
+}
