@@ -23,7 +23,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use super::limiter::Principal;
+use super::principal::Principal;
 use crate::support::duration::HumanDuration;
 
 /// `[rate_limit.anomaly]` in the TOML file.

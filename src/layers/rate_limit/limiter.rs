@@ -5,16 +5,16 @@
 //! late or failed call is answered by the in-process limiter, and the
 //! circuit breaker keeps answering there until a probe finds Redis back.
 
-use std::{collections::HashMap, net::IpAddr, num::NonZeroU32, sync::Arc, time::Duration};
+use std::{collections::HashMap, num::NonZeroU32, sync::Arc, time::Duration};
 
 use governor::{
     DefaultKeyedRateLimiter, Quota, RateLimiter,
     clock::{Clock, DefaultClock},
 };
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 pub use super::anomaly::AnomalyConfig;
+use super::principal::Principal;
 use super::redis_gcra;
 pub use super::tiers::TierLookup;
 use crate::{
@@ -68,36 +68,6 @@ impl Default for RateLimitConfig {
             redis_timeout: HumanDuration(Duration::from_millis(100)),
             tier_ttl: HumanDuration(Duration::from_secs(60)),
             anomaly: AnomalyConfig::default(),
-        }
-    }
-}
-
-/// Who a quota belongs to: the user, or the client IP of an anonymous
-/// request. Small and `Copy`, so keying a limiter allocates nothing.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Principal {
-    User(Uuid),
-    Ip(IpAddr),
-    Anonymous,
-}
-
-impl Principal {
-    pub fn of(subject: Uuid, ip: Option<IpAddr>) -> Principal {
-        match (subject.is_nil(), ip) {
-            (false, _) => Principal::User(subject),
-            (true, Some(ip)) => Principal::Ip(ip),
-            (true, None) => Principal::Anonymous,
-        }
-    }
-}
-
-/// As written in messages, audit events and Redis keys.
-impl std::fmt::Display for Principal {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Principal::User(id) => write!(f, "{id}"),
-            Principal::Ip(ip) => write!(f, "ip:{ip}"),
-            Principal::Anonymous => f.write_str("anonymous"),
         }
     }
 }

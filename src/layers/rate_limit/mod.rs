@@ -7,6 +7,7 @@
 
 pub mod anomaly;
 pub mod limiter;
+pub mod principal;
 mod redis_gcra;
 mod tiers;
 
@@ -17,7 +18,8 @@ use crate::{
     engine::layer::{Check, Context, Layer, LayerId, Outcome, Step},
 };
 use anomaly::{Anomalies, Standing};
-use limiter::{Limiter, Principal, exhausted};
+use limiter::{Limiter, exhausted};
+use principal::Principal;
 
 pub struct RateLimit {
     limiter: Arc<Limiter>,
