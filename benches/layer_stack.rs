@@ -145,6 +145,7 @@ fn layer_stack_bench(c: &mut Criterion) {
                 Arc::new(Metrics::new()),
                 16,
                 assembled.database.clone(),
+                assembled.saturation.clone(),
             ))
         };
         let keep = |positions: &[u8]| keep_of(&full, positions);

@@ -1,6 +1,9 @@
 //! The one error type of the service. What each variant looks like on the
 //! wire (gRPC code, HTTP status, retry) is one table: `api::status`.
 
+/// When a shed request may try again, unless the shedder knows better.
+pub const OVERLOAD_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum AuthzError {
     /// The request is malformed; the message says which field and why.
@@ -18,6 +21,13 @@ pub enum AuthzError {
     /// A rate limit was hit: retry after the given time.
     #[error("{message}")]
     RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
+    /// This replica is beyond its capacity (its own queues are full): the
+    /// request was shed at once; retry after the given time, or elsewhere.
+    #[error("{message}")]
+    Overloaded {
         message: String,
         retry_after: std::time::Duration,
     },
@@ -41,15 +51,22 @@ impl AuthzError {
         AuthzError::Unauthenticated(message.into())
     }
 
+    pub fn overloaded(message: impl Into<String>) -> Self {
+        AuthzError::Overloaded {
+            message: message.into(),
+            retry_after: OVERLOAD_RETRY,
+        }
+    }
+
     /// A short name for metrics labels.
     pub fn code_name(&self) -> &'static str {
         match self {
             AuthzError::InvalidArgument(_) => "invalid_argument",
             AuthzError::Unauthenticated(_) => "unauthenticated",
             AuthzError::PermissionDenied(_) => "permission_denied",
-            AuthzError::ResourceExhausted(_) | AuthzError::RateLimited { .. } => {
-                "resource_exhausted"
-            }
+            AuthzError::ResourceExhausted(_)
+            | AuthzError::RateLimited { .. }
+            | AuthzError::Overloaded { .. } => "resource_exhausted",
             AuthzError::Unavailable(_) => "unavailable",
             AuthzError::DeadlineExceeded(_) => "deadline_exceeded",
             AuthzError::Internal(_) => "internal",
@@ -60,8 +77,10 @@ impl AuthzError {
 impl From<sqlx::Error> for AuthzError {
     fn from(error: sqlx::Error) -> Self {
         match error {
-            sqlx::Error::PoolTimedOut => AuthzError::Unavailable(
-                "the database did not hand out a connection in time; try again shortly".into(),
+            // Every connection was busy with our own work: a queue of ours,
+            // not a failure of the database (see `Store::pool_busy`).
+            sqlx::Error::PoolTimedOut => AuthzError::overloaded(
+                "the database connection pool is busy; retry shortly",
             ),
             sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
                 AuthzError::Unavailable(format!("the database is unreachable: {error}"))

@@ -7,7 +7,10 @@ use std::sync::{
 
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 
-use crate::{cache::freshness::Freshness, support::breaker::Breaker, support::metrics::Metrics};
+use crate::{
+    cache::freshness::Freshness,
+    support::{breaker::Breaker, metrics::Metrics, saturation::Saturation},
+};
 
 /// What readiness watches besides start-up and draining: a replica that
 /// cannot reach the database serves degraded (cached answers only, within
@@ -16,6 +19,7 @@ use crate::{cache::freshness::Freshness, support::breaker::Breaker, support::met
 pub struct Dependencies {
     pub database: Arc<Breaker>,
     pub freshness: Arc<Freshness>,
+    pub saturation: Arc<Saturation>,
 }
 
 impl Dependencies {
@@ -90,6 +94,11 @@ async fn jwks_json(State(ops): State<Ops>) -> impl IntoResponse {
 
 async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
     ops.dependencies.degraded(&ops.metrics);
+    let lag = ops.dependencies.saturation.lag().as_micros();
+    ops.metrics
+        .transport
+        .runtime_lag_us
+        .set(i64::try_from(lag).unwrap_or(i64::MAX));
     match ops.metrics.render() {
         Ok(text) => (
             StatusCode::OK,

@@ -82,6 +82,13 @@ pub fn wire_status(error: &AuthzError) -> WireStatus {
             Some(*retry_after),
             true,
         ),
+        E::Overloaded { retry_after, .. } => row(
+            Code::ResourceExhausted,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "OVERLOADED",
+            Some(*retry_after),
+            true,
+        ),
         E::Unavailable(_) => row(
             Code::Unavailable,
             StatusCode::SERVICE_UNAVAILABLE,
@@ -154,6 +161,10 @@ mod tests {
                 message: "slow down".into(),
                 retry_after: Duration::from_millis(1_500),
             },
+            AuthzError::Overloaded {
+                message: "busy".into(),
+                retry_after: Duration::from_millis(250),
+            },
             AuthzError::Unavailable("db down".into()),
             AuthzError::DeadlineExceeded("too slow".into()),
             AuthzError::Internal("bug".into()),
@@ -171,6 +182,11 @@ mod tests {
                 Code::ResourceExhausted,
                 429,
                 Some(Duration::from_millis(1_500)),
+            ),
+            (
+                Code::ResourceExhausted,
+                503,
+                Some(Duration::from_millis(250)),
             ),
             (Code::Unavailable, 503, Some(RETRY_SOON)),
             (Code::DeadlineExceeded, 503, Some(RETRY_SOON)),

@@ -27,7 +27,7 @@ use crate::{
         security_context::SecurityContext,
     },
     store::{Backend, Store},
-    support::{breaker::Breaker, metrics::Metrics},
+    support::{breaker::Breaker, metrics::Metrics, saturation::Saturation},
 };
 
 /// Change-log entries a starting replica reads to judge shared-tier entries.
@@ -44,6 +44,8 @@ pub struct Assembled {
     pub freshness: Arc<Freshness>,
     pub database: Arc<Breaker>,
     pub audit: Arc<AuditLog>,
+    /// The runtime's scheduling lag (admission and breakers read it).
+    pub saturation: Arc<Saturation>,
     /// Followers and housekeeping: aborted at shutdown.
     pub background: Vec<JoinHandle<()>>,
     /// Ends by itself after `stop`, once the queued events are written.
@@ -58,6 +60,7 @@ pub async fn assemble(
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> Result<Assembled, AuthzError> {
+    let saturation = Saturation::start();
     // Start from the recent past of the change log, so that shared-tier
     // entries computed by other replicas since then can be checked and used.
     let start = store
@@ -93,6 +96,7 @@ pub async fn assemble(
             settings.redis_timeout.0,
             settings.redis_ttl.0,
             metrics.clone(),
+            saturation.clone(),
         )?));
     }
     if settings.db_cache {
@@ -127,7 +131,7 @@ pub async fn assemble(
             let redis = settings
                 .redis_url
                 .as_deref()
-                .map(|url| (url, settings.redis_prefix.as_str()));
+                .map(|url| (url, settings.redis_prefix.as_str(), saturation.clone()));
             let limiter = Arc::new(
                 Limiter::new(&settings.rate_limit, store.clone(), redis, metrics.clone())
                     .map_err(|e| AuthzError::invalid(format!("[rate_limit]: {e}")))?,
@@ -159,6 +163,7 @@ pub async fn assemble(
         metrics,
         settings.max_chain_depth,
         database.clone(),
+        saturation.clone(),
     ));
     Ok(Assembled {
         engine,
@@ -166,6 +171,7 @@ pub async fn assemble(
         freshness,
         database,
         audit,
+        saturation,
         background,
         audit_writer,
     })

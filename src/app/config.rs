@@ -7,7 +7,12 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{ArgMatches, Args, parser::ValueSource};
 use serde::{Deserialize, Serialize};
 
-use crate::support::duration::HumanDuration;
+use crate::{api::transport::connections::ConnectionLimits, support::duration::HumanDuration};
+
+/// File descriptors kept out of the gRPC port's connection bound.
+const FILES_KEPT: usize = 1_000;
+/// An ops connection (HTTP/1 keep-alive) idle this long is closed.
+const OPS_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Every setting of the service. TOML keys are the field names.
 #[derive(Args, Clone, Debug, Serialize, Deserialize)]
@@ -162,10 +167,88 @@ pub struct Settings {
     #[arg(
         long,
         env = "VELRO_MAX_CONCURRENT_STREAMS",
-        default_value_t = 1024,
+        default_value_t = 256,
         global = true
     )]
     pub max_concurrent_streams: u32,
+
+    /// Most open connections on the gRPC port (0: the open-file limit less
+    /// 1,000 kept for the ops port, the pools and files). A full port closes
+    /// a connection that never spoke, else the longest idle, to admit a new
+    /// one; when every connection is busy the new one is refused.
+    #[arg(
+        long,
+        env = "VELRO_MAX_CONNECTIONS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub max_connections: usize,
+
+    /// A connection that sends nothing (no HTTP/2 preface, no HTTP request)
+    /// within this time after it was accepted is closed (both ports).
+    #[arg(
+        long,
+        env = "VELRO_HANDSHAKE_TIMEOUT",
+        default_value = "10s",
+        global = true
+    )]
+    pub handshake_timeout: HumanDuration,
+
+    /// A gRPC connection without open requests for this long is closed
+    /// (keepalive pings do not count as use).
+    #[arg(long, env = "VELRO_IDLE_TIMEOUT", default_value = "2m", global = true)]
+    pub idle_timeout: HumanDuration,
+
+    /// A gRPC connection with open requests that completes none for this
+    /// long (a client that stopped reading its responses) is closed, and
+    /// what it held is freed.
+    #[arg(
+        long,
+        env = "VELRO_STUCK_TIMEOUT",
+        default_value = "10s",
+        global = true
+    )]
+    pub stuck_timeout: HumanDuration,
+
+    /// Response bytes one gRPC connection may hold for a client that has not
+    /// read them; beyond it, new requests on it get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "VELRO_MAX_PENDING_RESPONSE_BYTES", default_value_t = 4 * 1024 * 1024, global = true)]
+    pub max_pending_response_bytes: usize,
+
+    /// Close gRPC connections after this age (with a GOAWAY and a grace of
+    /// `request_timeout`), so clients rebalance across replicas; unset: never.
+    #[arg(long, env = "VELRO_MAX_CONNECTION_AGE", global = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connection_age: Option<HumanDuration>,
+
+    /// Most open connections on the ops port; idle ones close after 30 s.
+    #[arg(
+        long,
+        env = "VELRO_OPS_MAX_CONNECTIONS",
+        default_value_t = 256,
+        global = true
+    )]
+    pub ops_max_connections: usize,
+
+    /// Requests admitted at once (AuthorizationService); more are shed
+    /// RESOURCE_EXHAUSTED at once.
+    #[arg(
+        long,
+        env = "VELRO_MAX_IN_FLIGHT",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub max_in_flight: usize,
+
+    /// New requests are shed while the async runtime's scheduling lag (how
+    /// late a ready task runs: a saturated CPU) is above this.
+    #[arg(
+        long,
+        env = "VELRO_MAX_RUNTIME_LAG",
+        default_value = "50ms",
+        global = true
+    )]
+    pub max_runtime_lag: HumanDuration,
 
     /// On SIGTERM/SIGINT: how long to report NOT_SERVING before closing listeners.
     #[arg(long, env = "VELRO_DRAIN_DELAY", default_value = "0s", global = true)]
@@ -435,6 +518,36 @@ impl Settings {
                 .map_or(1, |n| n.get().saturating_sub(1))
                 .max(1),
             n => n,
+        }
+    }
+
+    /// The gRPC port's connection bounds (`max_connections` resolved
+    /// against the open-file limit).
+    pub fn grpc_connections(&self) -> ConnectionLimits {
+        let max_connections = match self.max_connections {
+            0 => rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .map_or(10_000, |(soft, _)| soft as usize)
+                .saturating_sub(FILES_KEPT)
+                .max(64),
+            n => n,
+        };
+        ConnectionLimits {
+            max_connections,
+            handshake_timeout: self.handshake_timeout.0,
+            idle_timeout: self.idle_timeout.0,
+            stuck_timeout: self.stuck_timeout.0,
+            max_pending_bytes: self.max_pending_response_bytes,
+        }
+    }
+
+    /// The ops port's connection bounds (HTTP/1: idle means no bytes).
+    pub fn ops_connections(&self) -> ConnectionLimits {
+        ConnectionLimits {
+            max_connections: self.ops_max_connections,
+            handshake_timeout: self.handshake_timeout.0,
+            idle_timeout: OPS_IDLE,
+            stuck_timeout: OPS_IDLE,
+            max_pending_bytes: usize::MAX,
         }
     }
 

@@ -8,7 +8,7 @@ use tokio::{
     sync::{oneshot, watch},
     task::JoinHandle,
 };
-use tonic::transport::{Server, server::TcpIncoming};
+use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
@@ -18,7 +18,12 @@ use crate::{
         ext_authz::ExtAuthzService,
         ops::{self, Readiness},
         service::AuthzService,
-        transport::GuardLayer,
+        transport::{
+            self,
+            admission::Admission,
+            connections::{BoundedListener, Connections},
+            deadline::GuardLayer,
+        },
     },
     app::{
         assemble::{Assembled, assemble},
@@ -34,6 +39,17 @@ use crate::{
 };
 
 const SERVICE_NAME: &str = "velro.authz.v1.AuthorizationService";
+/// HTTP/2 keepalive: a ping after this much silence, and how long its
+/// answer may take before the connection is closed.
+const KEEPALIVE: (std::time::Duration, std::time::Duration) = (
+    std::time::Duration::from_secs(30),
+    std::time::Duration::from_secs(10),
+);
+
+/// The largest response message: a full batch fits many times over.
+fn max_response_bytes(settings: &Settings) -> usize {
+    settings.max_message_bytes.saturating_mul(4)
+}
 
 /// A started server. Dropping it also starts a drain.
 pub struct RunningServer {
@@ -76,6 +92,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         background,
         audit_writer,
         audit,
+        saturation,
     } = assemble(settings, store.clone(), metrics.clone(), stop_rx.clone()).await?;
 
     // Predictive warming after each login or first use of a token.
@@ -114,13 +131,21 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         |e: tonic_reflection::server::Error| AuthzError::Internal(format!("reflection: {e}"));
     let reflection_v1 = reflection().build_v1().map_err(reflection_error)?;
     let reflection_v1alpha = reflection().build_v1alpha().map_err(reflection_error)?;
+    let admission = Admission::new(
+        settings.max_in_flight,
+        settings.max_runtime_lag.0,
+        saturation.clone(),
+        metrics.clone(),
+    );
     let ext_authz = AuthorizationServer::new(ExtAuthzService::new(
         engine.clone(),
         auth.clone(),
         metrics.clone(),
         settings.ext_authz.clone(),
+        admission.clone(),
     )?)
-    .max_decoding_message_size(settings.max_message_bytes);
+    .max_decoding_message_size(settings.max_message_bytes)
+    .max_encoding_message_size(max_response_bytes(settings));
     let authz = AuthorizationServiceServer::new(AuthzService::new(
         engine,
         auth,
@@ -129,7 +154,8 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         settings.admin_token.clone(),
         audit,
     ))
-    .max_decoding_message_size(settings.max_message_bytes);
+    .max_decoding_message_size(settings.max_message_bytes)
+    .max_encoding_message_size(max_response_bytes(settings));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     let readiness = Arc::new(Readiness::default());
@@ -140,29 +166,47 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
     }
     readiness.set(true);
 
-    let grpc = Server::builder()
+    let grpc_connections = Connections::new("grpc", settings.grpc_connections(), metrics.clone());
+    let ops_connections = Connections::new("ops", settings.ops_connections(), metrics.clone());
+    tracing::info!(
+        max_connections = grpc_connections.limits().max_connections,
+        max_in_flight = settings.max_in_flight,
+        "gRPC port bounds"
+    );
+    let mut builder = Server::builder()
         .max_concurrent_streams(settings.max_concurrent_streams)
-        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(10)))
-        .layer(GuardLayer {
-            server_timeout: settings.request_timeout.0,
-            max_message_bytes: settings.max_message_bytes,
-        })
+        .http2_keepalive_interval(Some(KEEPALIVE.0))
+        .http2_keepalive_timeout(Some(KEEPALIVE.1));
+    if let Some(age) = settings.max_connection_age {
+        builder = builder
+            .max_connection_age(age.0)
+            .max_connection_age_grace(settings.request_timeout.0);
+    }
+    let grpc = builder
+        .layer(transport::stack(
+            grpc_connections.clone(),
+            admission,
+            GuardLayer {
+                server_timeout: settings.request_timeout.0,
+                max_message_bytes: settings.max_message_bytes,
+            },
+        ))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(authz)
         .add_service(ext_authz)
         .serve_with_incoming_shutdown(
-            TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
+            BoundedListener::new(grpc_listener, grpc_connections, true).into_stream(),
             stopped(stop_rx.clone()),
         );
     let health_checks = ops::Dependencies {
         database,
         freshness,
+        saturation,
     };
     let ops = axum::serve(
-        ops_listener,
+        BoundedListener::new(ops_listener, ops_connections, false),
         ops::router(metrics, readiness.clone(), health_checks, jwks),
     )
     .with_graceful_shutdown(stopped(stop_rx));

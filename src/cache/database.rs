@@ -4,7 +4,7 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
-    engine::permissions::{PermissionSet, Resolver},
+    engine::{permissions::PermissionSet, resolver::Resolver},
     model::PermissionKey,
     store::Store,
     support::{clock::now_unix, metrics::Metrics},

@@ -14,7 +14,10 @@ use std::{sync::Arc, time::Duration};
 use moka::future::Cache;
 
 use crate::{
-    engine::permissions::{PermissionSet, PermissionSource, Resolver},
+    engine::{
+        permissions::{PermissionSet, PermissionSource},
+        resolver::Resolver,
+    },
     error::AuthzError,
     model::PermissionKey,
     support::metrics::Metrics,

@@ -8,10 +8,10 @@
 use std::{sync::Arc, time::Duration};
 
 use crate::{
-    engine::permissions::{PermissionSet, Resolver},
+    engine::{permissions::PermissionSet, resolver::Resolver},
     error::AuthzError,
     model::PermissionKey,
-    support::metrics::Metrics,
+    support::{metrics::Metrics, saturation::Saturation},
     support::redis_conn::{Miss, RedisConn},
 };
 
@@ -31,9 +31,10 @@ impl RedisTier {
         deadline: Duration,
         ttl: Duration,
         metrics: Arc<Metrics>,
+        saturation: Arc<Saturation>,
     ) -> Result<RedisTier, AuthzError> {
         Ok(RedisTier {
-            redis: RedisConn::new(url, deadline, "redis_cache", metrics.clone())?,
+            redis: RedisConn::new(url, deadline, "redis_cache", metrics.clone(), saturation)?,
             prefix: prefix.to_owned(),
             ttl,
             metrics,

@@ -7,7 +7,10 @@
 //! when the action was granted by them.
 
 use crate::{
-    engine::permissions::{PermissionSet, PermissionSource, Resolver},
+    engine::{
+        permissions::{PermissionSet, PermissionSource},
+        resolver::Resolver,
+    },
     error::AuthzError,
     model::{Consistency, Permissions, Query, RequestFacts},
     store::Facts,

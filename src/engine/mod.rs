@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod layer;
 pub mod permissions;
+pub mod resolver;
 
 use std::sync::Arc;
 
@@ -18,7 +19,8 @@ use crate::{
 };
 use batch::BatchMemo;
 use layer::{Check, Context, DEFAULT_DENY, Layer, LayerId, Obligation, Outcome, Step, Verdict};
-use permissions::{Absence, PermissionSource, Resolver};
+use permissions::{Absence, PermissionSource};
+use resolver::Resolver;
 
 /// The outcome of one query, with its explanation.
 #[derive(Clone, Debug)]
@@ -63,6 +65,7 @@ impl Engine {
         metrics: Arc<Metrics>,
         max_chain_depth: u32,
         database: Arc<crate::support::breaker::Breaker>,
+        saturation: Arc<crate::support::saturation::Saturation>,
     ) -> Self {
         let resolver = Resolver::new(
             store,
@@ -70,6 +73,7 @@ impl Engine {
             metrics.clone(),
             max_chain_depth,
             database,
+            saturation,
         );
         Engine {
             layers,

@@ -1,17 +1,13 @@
 //! Permission sets: what a subject holds on a resource, which layer granted
-//! each action, and the resolver that computes a set on a cache miss with one
-//! database round trip.
+//! each action, and their text form for the shared cache tiers.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use uuid::Uuid;
 
 use crate::{
-    engine::layer::{Layer, LayerId},
-    error::AuthzError,
-    model::{Action, PermissionKey, Permissions},
-    store::{Chain, Facts, Store},
-    support::{breaker::Breaker, deadline, metrics::Metrics},
+    engine::layer::LayerId,
+    model::{Action, Permissions},
 };
 
 /// Where a permission set came from, as reported to the caller.
@@ -90,12 +86,12 @@ pub struct Grant {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct PermissionSet {
     /// For each action (by `Action::index`), the first layer that granted it.
-    granted: [Option<Grant>; 4],
-    absence: Option<Absence>,
+    pub(super) granted: [Option<Grant>; 4],
+    pub(super) absence: Option<Absence>,
     /// The project and team the answer was drawn from (for invalidation).
-    deps: Deps,
+    pub(super) deps: Deps,
     /// A media object's storage key (for the signed URL of an allowed read).
-    object_key: Option<Arc<str>>,
+    pub(super) object_key: Option<Arc<str>>,
 }
 
 impl PermissionSet {
@@ -161,7 +157,7 @@ impl PermissionSet {
     /// position (`Resolver::decode`); `None` for anything malformed or for a
     /// layer this stack does not have (a cache entry that cannot be read is
     /// a miss, never an answer).
-    fn decode(text: &str, grants: &[Grant]) -> Option<PermissionSet> {
+    pub(super) fn decode(text: &str, grants: &[Grant]) -> Option<PermissionSet> {
         let mut parts = text.splitn(5, '|');
         let layers = parts.next()?;
         let absence = match parts.next()? {
@@ -202,152 +198,5 @@ impl PermissionSet {
     /// The reason code an allow carries, as the granting layer names it.
     pub fn grant_reason(&self, action: Action) -> &'static str {
         self.granted[action.index()].map_or("GRANTED", |g| g.reason)
-    }
-}
-
-/// Computes permission sets from stored facts through the relationship
-/// layers, in stack order.
-pub struct Resolver {
-    store: Arc<dyn Store>,
-    layers: Vec<Arc<dyn Layer>>,
-    /// Every layer's grant, to read cached sets back.
-    grants: Vec<Grant>,
-    metrics: Arc<Metrics>,
-    /// Parent links walked for generation inheritance.
-    max_chain_depth: u32,
-    /// Open while the database keeps failing: misses fail fast (layer 9).
-    database: Arc<Breaker>,
-}
-
-/// The longest a facts query may take when the request carries no deadline.
-const FACTS_DEADLINE: Duration = Duration::from_secs(5);
-
-impl Resolver {
-    pub fn new(
-        store: Arc<dyn Store>,
-        layers: Vec<Arc<dyn Layer>>,
-        metrics: Arc<Metrics>,
-        max_chain_depth: u32,
-        database: Arc<Breaker>,
-    ) -> Self {
-        let grants = layers
-            .iter()
-            .map(|layer| Grant {
-                layer: layer.id(),
-                reason: layer.grant_reason(),
-            })
-            .collect();
-        Resolver {
-            store,
-            layers,
-            grants,
-            metrics,
-            max_chain_depth,
-            database,
-        }
-    }
-
-    pub fn store(&self) -> &dyn Store {
-        self.store.as_ref()
-    }
-
-    /// Reads a set written by `PermissionSet::encode` (by any replica
-    /// running the same stack).
-    pub fn decode(&self, text: &str) -> Option<PermissionSet> {
-        PermissionSet::decode(text, &self.grants)
-    }
-
-    /// One database round trip, then pure evaluation.
-    pub async fn compute(&self, key: PermissionKey) -> Result<PermissionSet, AuthzError> {
-        if !self.database.allows() {
-            return Err(AuthzError::Unavailable(
-                "the database is unreachable (circuit breaker open) and no cached answer is \
-                 usable; retry shortly"
-                    .into(),
-            ));
-        }
-        self.metrics.permission_computations.inc();
-        let budget = deadline::budget(FACTS_DEADLINE);
-        let facts = tokio::time::timeout(
-            budget,
-            self.store
-                .permission_facts(key.subject, key.resource, self.max_chain_depth),
-        )
-        .await;
-        let facts = match facts {
-            Ok(Ok(facts)) => {
-                self.database.success();
-                facts
-            }
-            Ok(Err(e)) => {
-                if matches!(e, AuthzError::Unavailable(_)) {
-                    self.database.failure();
-                }
-                return Err(e);
-            }
-            Err(_) if budget < FACTS_DEADLINE => return Err(deadline::expired()),
-            Err(_) => {
-                self.database.failure();
-                return Err(AuthzError::Unavailable(format!(
-                    "the database did not answer within {} s",
-                    FACTS_DEADLINE.as_secs()
-                )));
-            }
-        };
-        let set = self.evaluate(facts.as_ref());
-        if let Some(fault @ (Absence::ChainCycle | Absence::ChainTooDeep)) = set.absence {
-            let kind = match fault {
-                Absence::ChainCycle => "generation_chain_cycle",
-                _ => "generation_chain_too_deep",
-            };
-            self.metrics.record_security_alert(kind);
-            tracing::error!(
-                alert = kind,
-                resource = %key.resource,
-                max_depth = self.max_chain_depth,
-                "security alert: data-integrity fault in a generation's parent chain; \
-                 every request on it is denied until the data is repaired"
-            );
-        }
-        Ok(set)
-    }
-
-    /// What the layers grant given the facts (`None`: resource not found).
-    pub fn evaluate(&self, facts: Option<&Facts>) -> PermissionSet {
-        let Some(facts) = facts else {
-            return PermissionSet::absent(Absence::ResourceNotFound);
-        };
-        let deps = Deps {
-            project: Some(facts.project_id),
-            team: facts.team_id,
-        };
-        let object_key: Option<Arc<str>> = facts.object_key.as_deref().map(Arc::from);
-        let fault = match facts.chain {
-            Chain::Sound => None,
-            Chain::Cycle => Some(Absence::ChainCycle),
-            Chain::TooDeep => Some(Absence::ChainTooDeep),
-        };
-        if let Some(why) = fault.or(facts.subject_disabled.then_some(Absence::SubjectDisabled)) {
-            return PermissionSet {
-                deps,
-                object_key,
-                ..PermissionSet::absent(why)
-            };
-        }
-        let mut granted = [None; 4];
-        for layer in &self.layers {
-            for action in layer.grants(facts).iter() {
-                granted[action.index()].get_or_insert(Grant {
-                    layer: layer.id(),
-                    reason: layer.grant_reason(),
-                });
-            }
-        }
-        PermissionSet {
-            granted,
-            absence: None,
-            deps,
-            object_key,
-        }
     }
 }

@@ -383,6 +383,19 @@ macro_rules! sql_store {
             async fn close(&self) {
                 self.pool.close().await;
             }
+
+            fn pool_config(&self) -> super::PoolConfig {
+                let options = self.pool.options();
+                super::PoolConfig {
+                    max_connections: options.get_max_connections(),
+                    acquire_timeout: options.get_acquire_timeout(),
+                }
+            }
+
+            fn pool_busy(&self) -> bool {
+                self.pool.size() >= self.pool.options().get_max_connections()
+                    && self.pool.num_idle() == 0
+            }
         }
     };
 }

@@ -10,3 +10,5 @@ pub mod futures;
 pub mod metrics;
 pub mod percent;
 pub mod redis_conn;
+pub mod saturation;
+pub mod admission;

@@ -8,7 +8,10 @@ use std::{future::Future, sync::Arc, time::Duration};
 use redis::{RedisResult, aio::ConnectionManager};
 use tokio::sync::Mutex;
 
-use crate::{error::AuthzError, support::breaker::Breaker, support::metrics::Metrics};
+use crate::{
+    error::AuthzError,
+    support::{breaker::Breaker, metrics::Metrics, saturation::Saturation},
+};
 
 /// How long a breaker stays open before one probe goes through.
 const COOL_OFF: Duration = Duration::from_secs(2);
@@ -22,11 +25,19 @@ pub enum Miss {
     Failed,
 }
 
+/// What went wrong inside the deadline.
+enum Failure {
+    NoConnection,
+    /// Redis answered with an error, or the connection broke.
+    Answered,
+}
+
 pub struct RedisConn {
     client: redis::Client,
     connection: Mutex<Option<ConnectionManager>>,
     deadline: Duration,
     pub breaker: Breaker,
+    saturation: Arc<Saturation>,
 }
 
 impl RedisConn {
@@ -37,6 +48,7 @@ impl RedisConn {
         deadline: Duration,
         dependency: &'static str,
         metrics: Arc<Metrics>,
+        saturation: Arc<Saturation>,
     ) -> Result<RedisConn, AuthzError> {
         let client =
             redis::Client::open(url).map_err(|e| AuthzError::invalid(format!("redis_url: {e}")))?;
@@ -45,6 +57,7 @@ impl RedisConn {
             connection: Mutex::new(None),
             deadline,
             breaker: Breaker::new(dependency, COOL_OFF, metrics),
+            saturation,
         })
     }
 
@@ -82,18 +95,22 @@ impl RedisConn {
             return Err(Miss::Skipped);
         }
         let budget = crate::support::deadline::budget(self.deadline);
+        let started = std::time::Instant::now();
         let outcome = tokio::time::timeout(budget, async {
-            let connection = self.connection().await?;
-            call(connection).await.ok()
+            let connection = self.connection().await.ok_or(Failure::NoConnection)?;
+            call(connection).await.map_err(|_| Failure::Answered)
         })
         .await;
         match outcome {
-            Ok(Some(value)) => {
+            Ok(Ok(value)) => {
                 self.breaker.success();
                 Ok(value)
             }
             // Cut short by the request's own deadline: not Redis's fault.
             Err(_) if budget < self.deadline => Err(Miss::Failed),
+            // Out of time while this replica's runtime was starved: the
+            // time went to our own queue, not to Redis.
+            Err(_) if self.saturation.starved_since(started, budget / 2) => Err(Miss::Failed),
             _ => {
                 self.breaker.failure();
                 Err(Miss::Failed)

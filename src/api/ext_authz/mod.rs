@@ -17,7 +17,10 @@ use tonic::{Request, Response, Status};
 use uuid::Uuid;
 
 use crate::{
-    api::status::{WireStatus, retry_after_seconds, wire_status},
+    api::{
+        status::{WireStatus, retry_after_seconds, wire_status},
+        transport::admission::Admission,
+    },
     auth::Authenticator,
     engine::Engine,
     error::AuthzError,
@@ -129,6 +132,7 @@ impl Deny {
 
 pub struct ExtAuthzService {
     engine: Arc<Engine>,
+    admission: Arc<Admission>,
     auth: Arc<Authenticator>,
     metrics: Arc<Metrics>,
     table: RouteTable,
@@ -141,11 +145,13 @@ impl ExtAuthzService {
         auth: Arc<Authenticator>,
         metrics: Arc<Metrics>,
         config: ExtAuthzConfig,
+        admission: Arc<Admission>,
     ) -> Result<Self, AuthzError> {
         let table = RouteTable::new(&config.routes)
             .map_err(|e| AuthzError::invalid(format!("ext_authz: {e}")))?;
         Ok(ExtAuthzService {
             engine,
+            admission,
             auth,
             metrics,
             table,
@@ -165,6 +171,8 @@ impl ExtAuthzService {
     }
 
     async fn decide(&self, request: &CheckRequest) -> Result<(Option<Uuid>, Uuid), Deny> {
+        // Shed like any request beyond capacity, but as an explicit deny.
+        let _admitted = self.admission.admit().map_err(|e| Deny::from_error(&e))?;
         let http = request
             .attributes
             .as_ref()

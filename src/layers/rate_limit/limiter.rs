@@ -18,8 +18,11 @@ use super::principal::Principal;
 use super::redis_gcra;
 pub use super::tiers::TierLookup;
 use crate::{
-    error::AuthzError, store::Store, support::duration::HumanDuration, support::metrics::Metrics,
-    support::redis_conn::RedisConn,
+    error::AuthzError,
+    store::Store,
+    support::{
+        duration::HumanDuration, metrics::Metrics, redis_conn::RedisConn, saturation::Saturation,
+    },
 };
 
 /// One tier's quota: a sustained rate and the burst allowed above it.
@@ -110,7 +113,7 @@ impl Limiter {
     pub fn new(
         config: &RateLimitConfig,
         store: Arc<dyn Store>,
-        redis: Option<(&str, &str)>,
+        redis: Option<(&str, &str, Arc<Saturation>)>,
         metrics: Arc<Metrics>,
     ) -> Result<Limiter, String> {
         let factor = config.anomaly.tighten_factor.max(1);
@@ -139,12 +142,13 @@ impl Limiter {
             ));
         }
         let redis = match redis {
-            Some((url, prefix)) if config.distributed => Some((
+            Some((url, prefix, saturation)) if config.distributed => Some((
                 RedisConn::new(
                     url,
                     config.redis_timeout.0,
                     "redis_rate_limit",
                     metrics.clone(),
+                    saturation,
                 )
                 .map_err(|e| e.to_string())?,
                 format!("{prefix}rl:"),

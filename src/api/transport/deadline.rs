@@ -1,4 +1,4 @@
-//! Transport concerns as a tower layer around every gRPC route:
+//! The deadline guard, a tower layer around every gRPC route:
 //!
 //! * a server-side deadline (the client's `grpc-timeout` wins when shorter)
 //!   answered with DEADLINE_EXCEEDED, where tonic alone would say CANCELLED;

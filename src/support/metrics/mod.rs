@@ -1,6 +1,8 @@
 //! The service's Prometheus metrics. Each server instance owns its registry,
 //! so several servers in one process (tests) do not mix their counts.
 
+pub mod transport;
+
 use std::time::Duration;
 
 use prometheus_client::{
@@ -81,6 +83,8 @@ pub struct Metrics {
     pub flags: Family<KindLabels, Counter>,
     /// Layers 8-10: audit pipeline, breakers, limits, kill switches.
     pub ops: OpsMetrics,
+    /// Connections, admission, shedding.
+    pub transport: transport::TransportMetrics,
 }
 
 /// The operational layers' metrics (audit, emergency, rate limiting).
@@ -228,8 +232,11 @@ impl Metrics {
         );
         let ops = OpsMetrics::default();
         ops.register(&mut registry);
+        let transport = transport::TransportMetrics::default();
+        transport.register(&mut registry);
         Metrics {
             ops,
+            transport,
             security_alerts,
             flags,
             seen_revision,

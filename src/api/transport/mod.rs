@@ -1,0 +1,40 @@
+//! Transport concerns, one stack built in one place. Around every gRPC
+//! route, outermost first:
+//!
+//! 1. `accounting`: each request counted on its connection, its response
+//!    held as bytes within the connection's bound;
+//! 2. `admission`: beyond capacity, RESOURCE_EXHAUSTED at once;
+//! 3. `deadline`: the server's deadline (DEADLINE_EXCEEDED) and oversize
+//!    messages (RESOURCE_EXHAUSTED).
+//!
+//! Below the stack, `connections` bounds every connection of both ports:
+//! how many, how long they may say nothing, stay idle or stay stuck.
+
+pub mod accounting;
+pub mod admission;
+pub mod connections;
+pub mod deadline;
+
+use std::sync::Arc;
+
+use tower::layer::util::{Identity, Stack};
+
+use accounting::AccountingLayer;
+use admission::{Admission, AdmissionLayer};
+use connections::Connections;
+use deadline::GuardLayer;
+
+/// The gRPC port's transport stack.
+pub type TransportStack = Stack<GuardLayer, Stack<AdmissionLayer, Stack<AccountingLayer, Identity>>>;
+
+pub fn stack(
+    connections: Arc<Connections>,
+    admission: Arc<Admission>,
+    deadline: GuardLayer,
+) -> TransportStack {
+    tower::ServiceBuilder::new()
+        .layer(AccountingLayer(connections))
+        .layer(AdmissionLayer(admission))
+        .layer(deadline)
+        .into_inner()
+}

@@ -1,0 +1,145 @@
+//! Admission by expected wait: work for a pool of `workers` (database
+//! connections, hashing threads) is admitted only if it can start within
+//! its budget, judged from the measured service time and the work already
+//! ahead of it. What cannot start in time is refused at once, with the wait
+//! as the time to retry, instead of queueing until its deadline passes.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+/// Weight of the newest service-time sample.
+const SMOOTHING: f64 = 0.1;
+
+pub struct ExpectedWait {
+    workers: usize,
+    /// Admitted and not finished: waiting for a worker or being served.
+    in_flight: AtomicUsize,
+    /// Smoothed service time in microseconds (an f64's bits).
+    service_us: AtomicU64,
+}
+
+/// Refused: the work would wait about this long before it starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TooLong {
+    pub expected_wait: Duration,
+    pub ahead: usize,
+}
+
+/// An admitted piece of work; dropping it frees its place.
+pub struct Ticket {
+    gate: Arc<ExpectedWait>,
+    admitted: Instant,
+    /// Whether it could start at once (only then is its time a clean
+    /// service-time sample).
+    unqueued: bool,
+}
+
+impl ExpectedWait {
+    pub fn new(workers: usize, initial_service: Duration) -> Arc<ExpectedWait> {
+        Arc::new(ExpectedWait {
+            workers: workers.max(1),
+            in_flight: AtomicUsize::new(0),
+            service_us: AtomicU64::new((initial_service.as_micros() as f64).to_bits()),
+        })
+    }
+
+    pub fn service_time(&self) -> Duration {
+        Duration::from_micros(f64::from_bits(self.service_us.load(Ordering::Acquire)) as u64)
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// How long new work would wait with `ahead` pieces already admitted.
+    fn wait_behind(&self, ahead: usize) -> Duration {
+        let queued = (ahead + 1).saturating_sub(self.workers);
+        // Each worker serves one piece per service time.
+        self.service_time()
+            .mul_f64(queued as f64 / self.workers as f64)
+    }
+
+    /// Admits the work if it can start within `budget`.
+    pub fn admit(self: &Arc<Self>, budget: Duration) -> Result<Ticket, TooLong> {
+        let ahead = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let expected_wait = self.wait_behind(ahead);
+        if expected_wait > budget {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return Err(TooLong {
+                expected_wait,
+                ahead,
+            });
+        }
+        Ok(Ticket {
+            gate: self.clone(),
+            admitted: Instant::now(),
+            unqueued: ahead < self.workers,
+        })
+    }
+
+    fn sample(&self, took: Duration) {
+        let previous = f64::from_bits(self.service_us.load(Ordering::Acquire));
+        let sample = took.as_micros() as f64;
+        let next = previous + SMOOTHING * (sample - previous);
+        self.service_us.store(next.to_bits(), Ordering::Release);
+    }
+}
+
+impl Ticket {
+    /// The work finished normally: its duration refines the service time
+    /// when it did not queue.
+    pub fn done(self) {
+        if self.unqueued {
+            self.gate.sample(self.admitted.elapsed());
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.gate.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admits_while_the_work_ahead_fits_the_budget() {
+        let gate = ExpectedWait::new(2, Duration::from_millis(10));
+        let budget = Duration::from_millis(25);
+        // Two start at once; the next ones queue 5, 10, 15, 20, 25 ms.
+        let held: Vec<Ticket> = (0..7)
+            .map(|i| gate.admit(budget).unwrap_or_else(|e| panic!("{i}: {e:?}")))
+            .collect();
+        let refused = gate.admit(budget).err();
+        assert_eq!(
+            refused,
+            Some(TooLong {
+                expected_wait: Duration::from_millis(30),
+                ahead: 7
+            })
+        );
+        assert_eq!(gate.in_flight(), 7, "a refusal holds no place");
+        drop(held);
+        assert_eq!(gate.in_flight(), 0);
+        assert!(gate.admit(budget).is_ok());
+    }
+
+    #[test]
+    fn service_time_follows_unqueued_work_only() {
+        let gate = ExpectedWait::new(1, Duration::from_millis(100));
+        let first = gate.admit(Duration::from_secs(1)).unwrap_or_else(|e| panic!("{e:?}"));
+        let queued = gate.admit(Duration::from_secs(1)).unwrap_or_else(|e| panic!("{e:?}"));
+        queued.done();
+        assert_eq!(gate.service_time(), Duration::from_millis(100));
+        first.done();
+        assert!(gate.service_time() < Duration::from_millis(100));
+    }
+}
