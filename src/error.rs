@@ -79,9 +79,9 @@ impl From<sqlx::Error> for AuthzError {
         match error {
             // Every connection was busy with our own work: a queue of ours,
             // not a failure of the database (see `Store::pool_busy`).
-            sqlx::Error::PoolTimedOut => AuthzError::overloaded(
-                "the database connection pool is busy; retry shortly",
-            ),
+            sqlx::Error::PoolTimedOut => {
+                AuthzError::overloaded("the database connection pool is busy; retry shortly")
+            }
             sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
                 AuthzError::Unavailable(format!("the database is unreachable: {error}"))
             }

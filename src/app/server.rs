@@ -197,13 +197,25 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         .add_service(authz)
         .add_service(ext_authz)
         .serve_with_incoming_shutdown(
-            BoundedListener::new(grpc_listener, grpc_connections, true).into_stream(),
+            BoundedListener::new(grpc_listener, grpc_connections.clone(), true).into_stream(),
             stopped(stop_rx.clone()),
         );
     let health_checks = ops::Dependencies {
         database,
         freshness,
         saturation,
+    };
+    // Connections still open a request deadline after the stop are cut off.
+    let grace = settings.request_timeout.0;
+    let cut_off = {
+        let (stop, ports) = (stop_rx.clone(), [grpc_connections, ops_connections.clone()]);
+        async move {
+            stopped(stop).await;
+            tokio::time::sleep(grace).await;
+            for port in ports {
+                port.close_all();
+            }
+        }
     };
     let ops = axum::serve(
         BoundedListener::new(ops_listener, ops_connections, false),
@@ -226,7 +238,9 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         let _ = stop_tx.send(true);
     };
     let task = tokio::spawn(async move {
+        let cut_off = tokio::spawn(cut_off);
         let (grpc, ops, ()) = tokio::join!(grpc, ops, drainer);
+        cut_off.abort();
         for task in background {
             task.abort();
         }

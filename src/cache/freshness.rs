@@ -319,6 +319,11 @@ pub async fn follow(
         // tells when the database is back.
         match freshness.sync(store.as_ref()).await {
             Ok(()) => database.success(),
+            // Every pooled connection busy with our own work: overload, not
+            // a database failure (the breaker would turn it into an outage).
+            Err(e @ AuthzError::Overloaded { .. }) if store.pool_busy() => {
+                tracing::debug!("change log read waits for the pool: {e}");
+            }
             Err(e) => {
                 database.failure();
                 tracing::warn!("cannot read the change log: {e}");

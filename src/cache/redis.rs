@@ -11,8 +11,8 @@ use crate::{
     engine::{permissions::PermissionSet, resolver::Resolver},
     error::AuthzError,
     model::PermissionKey,
-    support::{metrics::Metrics, saturation::Saturation},
     support::redis_conn::{Miss, RedisConn},
+    support::{metrics::Metrics, saturation::Saturation},
 };
 
 pub struct RedisTier {

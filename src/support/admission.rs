@@ -135,8 +135,12 @@ mod tests {
     #[test]
     fn service_time_follows_unqueued_work_only() {
         let gate = ExpectedWait::new(1, Duration::from_millis(100));
-        let first = gate.admit(Duration::from_secs(1)).unwrap_or_else(|e| panic!("{e:?}"));
-        let queued = gate.admit(Duration::from_secs(1)).unwrap_or_else(|e| panic!("{e:?}"));
+        let first = gate
+            .admit(Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        let queued = gate
+            .admit(Duration::from_secs(1))
+            .unwrap_or_else(|e| panic!("{e:?}"));
         queued.done();
         assert_eq!(gate.service_time(), Duration::from_millis(100));
         first.done();

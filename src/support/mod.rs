@@ -2,6 +2,7 @@
 //! breakers, request deadlines, metrics, the Redis connection, the clock,
 //! durations as written in settings, percent-decoding and boxed futures.
 
+pub mod admission;
 pub mod breaker;
 pub mod clock;
 pub mod deadline;
@@ -11,4 +12,3 @@ pub mod metrics;
 pub mod percent;
 pub mod redis_conn;
 pub mod saturation;
-pub mod admission;

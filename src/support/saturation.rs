@@ -88,7 +88,8 @@ impl Saturation {
     /// The runtime's smoothed scheduling lag; also counts a probe that has
     /// not run for longer than that (it is itself waiting for a thread).
     pub fn lag(&self) -> Duration {
-        let smoothed = Duration::from_micros(f64::from_bits(self.lag_us.load(Ordering::Acquire)) as u64);
+        let smoothed =
+            Duration::from_micros(f64::from_bits(self.lag_us.load(Ordering::Acquire)) as u64);
         let since_tick = Duration::from_micros(
             self.micros(Instant::now())
                 .saturating_sub(self.last_tick_us.load(Ordering::Acquire)),
@@ -102,7 +103,10 @@ impl Saturation {
     /// time went to our own queue, not to the dependency.
     pub fn starved_since(&self, since: Instant, by: Duration) -> bool {
         let by_us = by.as_micros() as u64;
-        let (first, last) = (self.micros(since) / SPAN_US, self.micros(Instant::now()) / SPAN_US);
+        let (first, last) = (
+            self.micros(since) / SPAN_US,
+            self.micros(Instant::now()) / SPAN_US,
+        );
         let recorded = (0..SPANS).any(|slot| {
             let span = self.span_ids[slot].load(Ordering::Acquire);
             (first..=last).contains(&span)
@@ -126,7 +130,10 @@ mod tests {
         let by = Duration::from_millis(40);
         assert!(saturation.lag() >= by, "lag {:?}", saturation.lag());
         tokio::time::sleep(Duration::from_millis(15)).await;
-        assert!(saturation.starved_since(before, by), "the late wake-up is remembered");
+        assert!(
+            saturation.starved_since(before, by),
+            "the late wake-up is remembered"
+        );
         assert!(
             !saturation.starved_since(before, Duration::from_secs(1)),
             "but not as later than it was"

@@ -16,6 +16,7 @@ mod inheritance;
 mod invalidation;
 mod loadgen;
 mod media_urls;
+mod overload;
 mod rate_limit;
 mod reference_model;
 mod rules;

@@ -83,7 +83,10 @@ where
         if let Some(conn) = &conn
             && conn.state.pending_bytes() > limit
         {
-            self.connections.metrics().transport.shed("connection_backlog");
+            self.connections
+                .metrics()
+                .transport
+                .shed("connection_backlog");
             return Box::pin(std::future::ready(Ok(backlog(conn, limit))));
         }
         if let Some(conn) = &conn {
@@ -100,9 +103,7 @@ where
                 return Ok(Status::internal("the response could not be encoded").into_http());
             };
             if let Some(conn) = &open.0
-                && held.bytes > 0
-                && conn.state.pending_bytes() > 0
-                && conn.state.pending_bytes() + held.bytes > limit
+                && !conn.state.reserve_pending(held.bytes, limit)
             {
                 connections.metrics().transport.shed("connection_backlog");
                 return Ok(backlog(conn, limit));
@@ -123,7 +124,8 @@ impl Held {
     async fn take(mut body: Body) -> Result<Held, tonic::Status> {
         let mut frames = VecDeque::new();
         let mut bytes = 0;
-        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
             let frame = frame?;
             if let Some(data) = frame.data_ref() {
                 bytes += data.len();
@@ -133,10 +135,9 @@ impl Held {
         Ok(Held { frames, bytes })
     }
 
+    /// The body that holds these frames; the connection's share was
+    /// reserved already.
     fn into_body(self, conn: Option<ConnInfo>, total: Gauge) -> HeldBody {
-        if let Some(conn) = &conn {
-            conn.state.add_pending(self.bytes);
-        }
         total.inc_by(self.bytes as i64);
         HeldBody {
             frames: self.frames,

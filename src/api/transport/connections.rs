@@ -54,6 +54,7 @@ enum Close {
     Idle,
     Stuck,
     Evicted,
+    Shutdown,
 }
 
 impl Close {
@@ -63,6 +64,7 @@ impl Close {
             Close::Idle => "idle",
             Close::Stuck => "stuck_response",
             Close::Evicted => "evicted",
+            Close::Shutdown => "shutdown",
         }
     }
 }
@@ -97,13 +99,15 @@ impl ConnState {
     /// A request arrived on this connection.
     pub fn begin_request(&self) {
         if self.in_flight.fetch_add(1, Ordering::AcqRel) == 0 {
-            self.last_progress_us.store(self.now_us(), Ordering::Release);
+            self.last_progress_us
+                .store(self.now_us(), Ordering::Release);
         }
     }
 
     /// A request's response was fully handed over (or abandoned).
     pub fn end_request(&self) {
-        self.last_progress_us.store(self.now_us(), Ordering::Release);
+        self.last_progress_us
+            .store(self.now_us(), Ordering::Release);
         self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
@@ -111,8 +115,14 @@ impl ConnState {
         self.pending_bytes.load(Ordering::Acquire)
     }
 
-    pub fn add_pending(&self, bytes: usize) {
-        self.pending_bytes.fetch_add(bytes, Ordering::AcqRel);
+    /// Takes `bytes` of the connection's budget: always for its first held
+    /// response, otherwise only within `limit`.
+    pub fn reserve_pending(&self, bytes: usize, limit: usize) -> bool {
+        self.pending_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                (held == 0 || held + bytes <= limit).then_some(held + bytes)
+            })
+            .is_ok()
     }
 
     pub fn sub_pending(&self, bytes: usize) {
@@ -137,7 +147,10 @@ impl ConnState {
         }
         let now = self.now_us();
         let (deadline_us, why) = if !self.spoke.load(Ordering::Acquire) {
-            (self.accepted_us + micros(limits.handshake_timeout), Close::Handshake)
+            (
+                self.accepted_us + micros(limits.handshake_timeout),
+                Close::Handshake,
+            )
         } else if self.tracks_requests && self.in_flight.load(Ordering::Acquire) > 0 {
             let progress = self.last_progress_us.load(Ordering::Acquire);
             (progress + micros(limits.stuck_timeout), Close::Stuck)
@@ -273,6 +286,19 @@ impl Connections {
         }
     }
 
+    /// Closes every connection still open (the end of a drain: what has
+    /// not finished by then is cut off).
+    pub fn close_all(&self) {
+        let open: Vec<Arc<ConnState>> = self
+            .live
+            .lock()
+            .map(|live| live.values().cloned().collect())
+            .unwrap_or_default();
+        for conn in open {
+            conn.kill(Close::Shutdown);
+        }
+    }
+
     fn closed(&self, id: u64, why: Option<Close>) {
         if let Ok(mut live) = self.live.lock() {
             live.remove(&id);
@@ -301,7 +327,11 @@ const BACKOFF: (Duration, Duration) = (Duration::from_millis(5), Duration::from_
 impl BoundedListener {
     /// `tracks_requests`: the request layer reports requests on these
     /// connections (gRPC); otherwise bytes on the wire are the activity.
-    pub fn new(listener: TcpListener, connections: Arc<Connections>, tracks_requests: bool) -> Self {
+    pub fn new(
+        listener: TcpListener,
+        connections: Arc<Connections>,
+        tracks_requests: bool,
+    ) -> Self {
         BoundedListener {
             listener,
             connections,
@@ -375,7 +405,10 @@ impl axum::serve::Listener for BoundedListener {
 
     async fn accept(&mut self) -> (GuardedIo, SocketAddr) {
         let io = self.next().await;
-        let remote = io.info.remote.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+        let remote = io
+            .info
+            .remote
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
         (io, remote)
     }
 
@@ -422,7 +455,9 @@ impl GuardedIo {
         let state = &self.info.state;
         state.spoke.store(true, Ordering::Release);
         if !state.tracks_requests {
-            state.last_progress_us.store(state.now_us(), Ordering::Release);
+            state
+                .last_progress_us
+                .store(state.now_us(), Ordering::Release);
         }
     }
 }

@@ -25,7 +25,8 @@ use connections::Connections;
 use deadline::GuardLayer;
 
 /// The gRPC port's transport stack.
-pub type TransportStack = Stack<GuardLayer, Stack<AdmissionLayer, Stack<AccountingLayer, Identity>>>;
+pub type TransportStack =
+    Stack<GuardLayer, Stack<AdmissionLayer, Stack<AccountingLayer, Identity>>>;
 
 pub fn stack(
     connections: Arc<Connections>,

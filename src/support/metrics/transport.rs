@@ -50,7 +50,7 @@ impl TransportMetrics {
         registry.register(
             "connections_closed_by_server",
             "Connections the server closed, by port and reason (handshake_timeout, idle, \
-             stuck_response, evicted, refused)",
+             stuck_response, evicted, refused, shutdown)",
             self.connections_closed.clone(),
         );
         registry.register(

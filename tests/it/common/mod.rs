@@ -198,6 +198,16 @@ impl TestServer {
         }
     }
 
+    /// A client on a connection of its own to `addr`.
+    pub async fn connect(addr: std::net::SocketAddr) -> AuthorizationServiceClient<Channel> {
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
+        AuthorizationServiceClient::new(channel)
+    }
+
     /// Authorize over gRPC, expecting an answer (not an error).
     pub async fn decide(
         &self,
