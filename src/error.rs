@@ -82,10 +82,27 @@ impl From<sqlx::Error> for AuthzError {
             sqlx::Error::PoolTimedOut => {
                 AuthzError::overloaded("the database connection pool is busy; retry shortly")
             }
+            // The database's own words stay in the log, under an id the
+            // client gets instead (they may quote data or the schema).
             sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
-                AuthzError::Unavailable(format!("the database is unreachable: {error}"))
+                let incident = incident_id();
+                tracing::warn!(%incident, "the database is unreachable: {error}");
+                AuthzError::Unavailable(format!(
+                    "the database is unreachable (incident {incident} in the server log)"
+                ))
             }
-            other => AuthzError::Internal(format!("database error: {other}")),
+            other => {
+                let incident = incident_id();
+                tracing::error!(%incident, "database error: {other}");
+                AuthzError::Internal(format!(
+                    "internal error (incident {incident} in the server log)"
+                ))
+            }
         }
     }
+}
+
+/// A short id that ties a client's error to the server log line.
+fn incident_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
 }

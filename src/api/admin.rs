@@ -4,6 +4,7 @@
 use uuid::Uuid;
 
 use crate::{
+    api::validate,
     audit::{AuditEvent, AuditFilter},
     error::AuthzError,
     layers::emergency::switches::SwitchScope,
@@ -11,6 +12,9 @@ use crate::{
     store::{Store, control::KillSwitch},
     support::clock::now_ms,
 };
+
+/// Longest kill-switch reason.
+const MAX_REASON_BYTES: usize = 1024;
 
 /// Most events one query returns.
 pub const MAX_AUDIT_LIMIT: u32 = 1_000;
@@ -22,6 +26,8 @@ pub async fn set_switch(
     reason: &str,
     set_by: &str,
 ) -> Result<AuditEvent, AuthzError> {
+    validate::text("reason", reason, MAX_REASON_BYTES)?;
+    validate::text("set_by", set_by, validate::MAX_ID_BYTES)?;
     let (column, target) = SwitchScope::parse(scope)?.columns();
     store
         .set_kill_switch(&KillSwitch {
@@ -42,6 +48,7 @@ pub async fn clear_switch(
     scope: &str,
     set_by: &str,
 ) -> Result<Option<AuditEvent>, AuthzError> {
+    validate::text("set_by", set_by, validate::MAX_ID_BYTES)?;
     let (column, target) = SwitchScope::parse(scope)?.columns();
     if !store.clear_kill_switch(column, &target).await? {
         return Ok(None);
@@ -98,10 +105,12 @@ pub fn audit_filter(req: &proto::QueryAuditRequest) -> Result<AuditFilter, Authz
     };
     match &req.target {
         Some(proto::query_audit_request::Target::Subject(s)) if !s.is_empty() => {
-            filter.subject = Some(s.clone());
+            filter.subject = Some(validate::text("subject", s, validate::MAX_ID_BYTES)?.to_owned());
         }
         Some(proto::query_audit_request::Target::Resource(r)) if !r.id.is_empty() => {
-            filter.resource = Some((r.r#type.clone(), r.id.clone()));
+            let kind = validate::text("resource.type", &r.r#type, validate::MAX_ID_BYTES)?;
+            let id = validate::text("resource.id", &r.id, validate::MAX_ID_BYTES)?;
+            filter.resource = Some((kind.to_owned(), id.to_owned()));
         }
         _ => {
             return Err(AuthzError::invalid(
@@ -142,6 +151,8 @@ pub async fn query_audit(
             client_ip: e.client_ip,
             session_id: e.session_id,
             flags: e.flags,
+            user_agent: e.user_agent,
+            trace_id: e.trace_id,
         })
         .collect())
 }

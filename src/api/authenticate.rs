@@ -5,6 +5,7 @@ use crate::{
     api::validate,
     auth::{Authenticator, Client, Principal, TokenPair},
     error::AuthzError,
+    model::RequestFacts,
     proto::{self, authenticate_request::Credentials, revoke_sessions_request::Target},
 };
 
@@ -39,23 +40,26 @@ impl From<TokenPair> for proto::TokenPair {
     }
 }
 
+/// Longest email accepted (RFC 5321's path limit).
+const MAX_EMAIL_BYTES: usize = 320;
+
 pub async fn authenticate(
     auth: &Authenticator,
     req: &proto::AuthenticateRequest,
 ) -> Result<proto::AuthenticateResponse, AuthzError> {
-    let facts = validate::context(req.context.as_ref())?;
-    let client = Client {
-        ip: facts.ip.map(|ip| ip.to_string()).unwrap_or_default(),
-        user_agent: facts.user_agent,
-    };
+    let client = client_of(&validate::context(req.context.as_ref())?);
     let (principal, tokens) = match &req.credentials {
         Some(Credentials::Password(p)) => {
+            validate::text("password.email", &p.email, MAX_EMAIL_BYTES)?;
             let (principal, tokens) = auth.login(&p.email, &p.password, &client).await?;
             (principal, Some(tokens))
         }
-        Some(Credentials::AccessToken(token)) => ((*auth.verify(token).await?).clone(), None),
+        Some(Credentials::AccessToken(token)) => (
+            (*auth.verify_presented(token, &client).await?).clone(),
+            None,
+        ),
         Some(Credentials::RefreshToken(token)) => {
-            let (principal, tokens) = auth.refresh(token).await?;
+            let (principal, tokens) = auth.refresh(token, &client).await?;
             (principal, Some(tokens))
         }
         None => {
@@ -70,6 +74,14 @@ pub async fn authenticate(
     })
 }
 
+/// Where a request comes from, for security events.
+pub fn client_of(facts: &RequestFacts) -> Client {
+    Client {
+        ip: facts.ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        user_agent: facts.user_agent.clone(),
+    }
+}
+
 /// The subject: given directly, or as a bearer token to verify (then also
 /// the token's session, if it has one).
 pub async fn subject(
@@ -77,13 +89,14 @@ pub async fn subject(
     field_prefix: &str,
     user_id: &str,
     token: &str,
+    client: &Client,
 ) -> Result<(String, Option<uuid::Uuid>), AuthzError> {
     match (user_id.is_empty(), token.is_empty()) {
         (false, false) => Err(AuthzError::invalid(format!(
             "give either {field_prefix}user_id or {field_prefix}subject_token, not both"
         ))),
         (true, false) => {
-            let principal = auth.verify(token).await?;
+            let principal = auth.verify_presented(token, client).await?;
             Ok((principal.user_id.to_string(), principal.session_id))
         }
         _ => Ok((user_id.to_owned(), None)),

@@ -73,11 +73,13 @@ impl AuthzService {
         &self,
         req: &proto::AuthorizeRequest,
     ) -> Result<Decision, AuthzError> {
+        let mut request = validate::context(req.context.as_ref())?;
+        let client = authenticate::client_of(&request);
         let (user_id, token_session) =
-            authenticate::subject(&self.auth, "", &req.user_id, &req.subject_token).await?;
+            authenticate::subject(&self.auth, "", &req.user_id, &req.subject_token, &client)
+                .await?;
         let query = validate::query("", &user_id, &req.action, req.resource.as_ref())?;
         let consistency = validate::consistency(req.consistency, req.at_least_revision)?;
-        let mut request = validate::context(req.context.as_ref())?;
         if let (true, Some(session)) = (request.session_id.is_empty(), token_session) {
             // The token's own session is checked by the security context layer.
             request.session_id = session.to_string();
@@ -98,12 +100,18 @@ impl AuthzService {
         }
         let consistency = validate::consistency(req.consistency, req.at_least_revision)?;
         let request = validate::context(req.context.as_ref())?;
+        let client = authenticate::client_of(&request);
         let mut items = Vec::with_capacity(req.items.len());
         for (i, item) in req.items.iter().enumerate() {
             let prefix = format!("items[{i}].");
-            let subject =
-                authenticate::subject(&self.auth, &prefix, &item.user_id, &item.subject_token)
-                    .await;
+            let subject = authenticate::subject(
+                &self.auth,
+                &prefix,
+                &item.user_id,
+                &item.subject_token,
+                &client,
+            )
+            .await;
             items.push(subject.and_then(|(user_id, _)| {
                 validate::query(&prefix, &user_id, &item.action, item.resource.as_ref())
             }));

@@ -34,6 +34,20 @@ fn bounded<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, Authz
     Ok(value)
 }
 
+/// Text that will be stored or logged: within `max` bytes and free of NUL
+/// and other control characters (PostgreSQL's text type refuses NUL
+/// outright, and control characters forge log lines).
+pub fn text<'a>(field: &str, value: &'a str, max: usize) -> Result<&'a str, AuthzError> {
+    let value = bounded(field, value, max)?;
+    if let Some((at, c)) = value.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(AuthzError::invalid(format!(
+            "{field} holds a control character (U+{:04X}) at byte {at}: send printable text only",
+            c as u32
+        )));
+    }
+    Ok(value)
+}
+
 pub fn uuid(field: &str, value: &str) -> Result<Uuid, AuthzError> {
     if value.is_empty() {
         return Err(AuthzError::invalid(format!(
@@ -111,8 +125,8 @@ pub fn context(value: Option<&proto::RequestContext>) -> Result<RequestFacts, Au
         )));
     }
     for (key, value) in &ctx.attributes {
-        bounded("a context.attributes key", key, MAX_ATTRIBUTE_BYTES)?;
-        bounded(
+        text("a context.attributes key", key, MAX_ATTRIBUTE_BYTES)?;
+        text(
             &format!("context.attributes[{}]", echo(key)),
             value,
             MAX_ATTRIBUTE_BYTES,
@@ -120,12 +134,10 @@ pub fn context(value: Option<&proto::RequestContext>) -> Result<RequestFacts, Au
     }
     Ok(RequestFacts {
         ip,
-        user_agent: bounded("context.user_agent", &ctx.user_agent, MAX_USER_AGENT_BYTES)?
-            .to_owned(),
-        session_id: bounded("context.session_id", &ctx.session_id, MAX_ID_BYTES)?.to_owned(),
-        request_id: bounded("context.request_id", &ctx.request_id, MAX_ID_BYTES)?.to_owned(),
-        signed_url: bounded("context.signed_url", &ctx.signed_url, MAX_SIGNED_URL_BYTES)?
-            .to_owned(),
+        user_agent: text("context.user_agent", &ctx.user_agent, MAX_USER_AGENT_BYTES)?.to_owned(),
+        session_id: text("context.session_id", &ctx.session_id, MAX_ID_BYTES)?.to_owned(),
+        request_id: text("context.request_id", &ctx.request_id, MAX_ID_BYTES)?.to_owned(),
+        signed_url: text("context.signed_url", &ctx.signed_url, MAX_SIGNED_URL_BYTES)?.to_owned(),
     })
 }
 
@@ -153,6 +165,25 @@ mod tests {
         assert!(uuid("user_id", &"a".repeat(300)).is_err());
         assert!(uuid("user_id", "' OR 1=1 --").is_err());
         assert!(uuid("user_id", "0192f0c1-7a4e-7cc3-9d0a-5b1f3e8a2c44").is_ok());
+    }
+
+    #[test]
+    fn stored_text_has_no_control_characters() {
+        assert!(text("context.request_id", "req-1 ok", 64).is_ok());
+        for bad in [
+            "a\0b",
+            "line\nforged",
+            "bell\u{7}",
+            "esc\u{1b}[31m",
+            "\u{85}next",
+        ] {
+            let e = text("context.request_id", bad, 64).unwrap_err().to_string();
+            assert!(
+                e.starts_with("context.request_id holds a control character"),
+                "{e}"
+            );
+        }
+        assert!(text("f", &"x".repeat(65), 64).is_err());
     }
 
     #[test]

@@ -3,8 +3,10 @@
 
 use std::sync::Arc;
 
+use crate::audit::AuditLog;
 use crate::auth::{
     AfterLogin, AuthConfig, Authenticator,
+    events::SecurityEvents,
     jwt::TokenService,
     keys::SigningKeys,
     password::PasswordHashing,
@@ -17,6 +19,7 @@ pub async fn authenticator(
     settings: &Settings,
     store: Arc<dyn Store>,
     after_login: Option<AfterLogin>,
+    audit: Option<Arc<AuditLog>>,
 ) -> Result<Arc<Authenticator>, AuthzError> {
     let keys = Arc::new(SigningKeys::load(&settings.signing_keys)?);
     if keys.ephemeral {
@@ -37,6 +40,7 @@ pub async fn authenticator(
         settings.hash_params(),
         settings.password_threads(),
         settings.password_queue,
+        settings.password_max_wait.0,
     )
     .await?;
     let policy = |free| ThrottlePolicy {
@@ -59,6 +63,7 @@ pub async fn authenticator(
             token_cache_capacity: settings.token_cache_capacity,
             token_cache_ttl: settings.token_cache_ttl.0,
             after_login,
+            events: SecurityEvents::new(audit),
         },
     )))
 }

@@ -16,6 +16,9 @@ use crate::{
     support::clock::now_unix,
 };
 
+/// A command hashes one password at a time and may wait for it.
+const CLI_HASH_WAIT: Duration = Duration::from_secs(60);
+
 /// The configured database, migrated.
 pub async fn open(settings: &Settings) -> Result<Arc<dyn Store>, AuthzError> {
     let store = store::connect(&settings.database_url, &settings.pool()).await?;
@@ -53,7 +56,7 @@ pub async fn add_user(
         )));
     }
     let store = open(settings).await?;
-    let hashing = PasswordHashing::new(settings.hash_params(), 1, 1).await?;
+    let hashing = PasswordHashing::new(settings.hash_params(), 1, 1, CLI_HASH_WAIT).await?;
     let hash = hashing.hash(password).await?;
     let id = Uuid::now_v7();
     store.add_user(id, email, &hash).await?;
@@ -289,7 +292,9 @@ pub async fn seed_workload(settings: &Settings, scale: f64, seed: u64) -> Result
     let mut data = workload::generate(scale, seed);
     // Every generated user gets the same argon2id hash of one known password
     // (hashing 10,000 passwords would take minutes and measure nothing).
-    let hashing = crate::auth::password::PasswordHashing::new(settings.hash_params(), 1, 1).await?;
+    let hashing =
+        crate::auth::password::PasswordHashing::new(settings.hash_params(), 1, 1, CLI_HASH_WAIT)
+            .await?;
     data.password_hash = Some(hashing.hash(workload::WORKLOAD_PASSWORD.to_owned()).await?);
     store.insert_dataset(&data).await?;
     store.close().await;

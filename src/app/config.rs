@@ -361,6 +361,17 @@ pub struct Settings {
     )]
     pub password_queue: usize,
 
+    /// A password login is admitted only if its hash can start within this
+    /// (judged from the measured hash time and the logins ahead); others
+    /// get RESOURCE_EXHAUSTED at once with the expected wait as RetryInfo.
+    #[arg(
+        long,
+        env = "VELRO_PASSWORD_MAX_WAIT",
+        default_value = "200ms",
+        global = true
+    )]
+    pub password_max_wait: HumanDuration,
+
     /// Failed logins per account before delays start.
     #[arg(
         long,

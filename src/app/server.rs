@@ -98,7 +98,13 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
     // Predictive warming after each login or first use of a token.
     let warmer = Arc::new(Warmer::new(engine.clone(), cache.clone(), metrics.clone()));
     let after_login = Arc::new(move |user| warmer.warm(user));
-    let auth = auth_setup::authenticator(settings, store.clone(), Some(after_login)).await?;
+    let auth = auth_setup::authenticator(
+        settings,
+        store.clone(),
+        Some(after_login),
+        Some(audit.clone()),
+    )
+    .await?;
     let jwks = Arc::new(auth.tokens().keys().jwks());
 
     let grpc_listener = TcpListener::bind(settings.listen)

@@ -19,6 +19,10 @@ pub struct Bursts {
     threshold: u32,
     window_ms: i64,
     windows: HashMap<String, Window>,
+    /// Bursts found since `logged_at_ms`, by kind, with one example each:
+    /// logged as one line per window, not one per principal.
+    found: HashMap<&'static str, (u32, String)>,
+    logged_at_ms: i64,
 }
 
 /// A burst found: the alert kind and what it is about.
@@ -34,7 +38,28 @@ impl Bursts {
             threshold,
             window_ms: window.as_millis().max(1) as i64,
             windows: HashMap::new(),
+            found: HashMap::new(),
+            logged_at_ms: 0,
         }
+    }
+
+    /// Once per window, a line that sums up the bursts found in it.
+    pub fn summary(&mut self, now_ms: i64) -> Option<String> {
+        if self.found.is_empty() || now_ms - self.logged_at_ms < self.window_ms {
+            return None;
+        }
+        self.logged_at_ms = now_ms;
+        let mut parts: Vec<String> = self
+            .found
+            .drain()
+            .map(|(kind, (n, example))| format!("{kind}: {n} (e.g. {example})"))
+            .collect();
+        parts.sort();
+        Some(format!(
+            "denial bursts (each also an audit alert) in the last {} s: {}",
+            self.window_ms / 1000,
+            parts.join("; ")
+        ))
     }
 
     /// Counts a decision; returns the bursts it completes.
@@ -70,6 +95,8 @@ impl Bursts {
             }
             window.denials += 1;
             if window.denials == self.threshold {
+                let seen = self.found.entry(kind).or_insert((0, key.clone()));
+                seen.0 += 1;
                 found.push(Burst {
                     kind,
                     key,

@@ -42,6 +42,20 @@ pub struct AuditConfig {
     /// `burst_window` raise a security alert; 0 turns detection off.
     pub burst_denials: u32,
     pub burst_window: HumanDuration,
+    /// When spilled events are forced to disk: `batch` (each append),
+    /// `interval` (every `fsync_interval`) or `off` (the kernel decides; a
+    /// killed process loses nothing written, a crashed machine may).
+    pub fsync: FsyncPolicy,
+    pub fsync_interval: HumanDuration,
+}
+
+/// When the spill file is forced to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    Batch,
+    Interval,
+    Off,
 }
 
 impl Default for AuditConfig {
@@ -54,6 +68,8 @@ impl Default for AuditConfig {
             json_lines: None,
             burst_denials: 20,
             burst_window: HumanDuration(Duration::from_secs(10)),
+            fsync: FsyncPolicy::Interval,
+            fsync_interval: HumanDuration(Duration::from_millis(100)),
         }
     }
 }
@@ -76,7 +92,7 @@ impl AuditLog {
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(Arc<AuditLog>, JoinHandle<()>), String> {
         let (queue, receiver) = mpsc::channel(config.queue.max(1));
-        let spill = Arc::new(Spill::open(&config.spill_path)?);
+        let spill = Arc::new(Spill::open(&config.spill_path, config.fsync)?);
         let sink = Arc::new(writer::JsonLines::open(config.json_lines.as_deref())?);
         let log = Arc::new(AuditLog {
             queue,
@@ -93,6 +109,8 @@ impl AuditLog {
                 bursts: bursts::Bursts::new(config.burst_denials, config.burst_window.0),
                 batch: config.batch.max(1),
                 replay_every: config.replay_every.0,
+                fsync_every: config.fsync_interval.0,
+                outage: false,
                 metrics,
             }
             .run(stop),

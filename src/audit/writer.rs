@@ -1,6 +1,10 @@
 //! The one task that writes audit events: batches from the queue go to the
-//! JSON lines sink and the database; a batch the database refuses goes to
-//! the spill file, and the spill file is replayed on a timer until empty.
+//! JSON lines sink and the database. When the database cannot be reached
+//! the writer spills at once, the whole queue included, and keeps spilling
+//! until a replay of the spill file gets through. A batch the database
+//! refuses for its content is split until the bad events are isolated: they
+//! are dead-lettered with the reason, the others written. Nothing waits
+//! behind one bad event.
 
 use std::{io::Write, sync::Arc, sync::Mutex, time::Duration};
 
@@ -13,6 +17,7 @@ use uuid::Uuid;
 
 use super::{AuditEvent, Spill, bursts::Bursts, spill};
 use crate::{
+    error::AuthzError,
     store::Store,
     support::{clock::now_ms, metrics::Metrics},
 };
@@ -77,7 +82,31 @@ pub struct Writer {
     pub bursts: Bursts,
     pub batch: usize,
     pub replay_every: Duration,
+    pub fsync_every: Duration,
+    /// The database is unreachable: events go straight to the spill file
+    /// until a replay gets through.
+    pub outage: bool,
     pub metrics: Arc<Metrics>,
+}
+
+/// Why an insert did not happen.
+enum Refused {
+    /// The database refused these events' content (e.g. a byte its
+    /// encoding cannot hold): retrying will never help.
+    Content(String),
+    /// The database was unreachable, busy or slow: retry later.
+    Unreachable(String),
+}
+
+fn classify(
+    outcome: Result<Result<u64, AuthzError>, tokio::time::error::Elapsed>,
+) -> Result<u64, Refused> {
+    match outcome {
+        Ok(Ok(written)) => Ok(written),
+        Ok(Err(e @ AuthzError::Internal(_))) => Err(Refused::Content(e.to_string())),
+        Ok(Err(e)) => Err(Refused::Unreachable(e.to_string())),
+        Err(_) => Err(Refused::Unreachable("the insert timed out".into())),
+    }
 }
 
 impl Writer {
@@ -86,10 +115,11 @@ impl Writer {
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         let mut buffer = Vec::with_capacity(self.batch);
         let mut next_replay = Instant::now();
+        let mut next_sync = Instant::now() + self.fsync_every;
         loop {
             let received = tokio::select! {
                 received = self.receiver.recv_many(&mut buffer, self.batch) => Some(received),
-                _ = tokio::time::sleep_until(next_replay) => None,
+                _ = tokio::time::sleep_until(next_replay.min(next_sync)) => None,
                 _ = async { let _ = stop.wait_for(|stop| *stop).await; } => break,
             };
             match received {
@@ -101,7 +131,12 @@ impl Writer {
                 }
                 None => {}
             }
-            if Instant::now() >= next_replay {
+            let now = Instant::now();
+            if now >= next_sync {
+                self.spill.sync();
+                next_sync = now + self.fsync_every;
+            }
+            if now >= next_replay {
                 if self.spill.pending() {
                     self.replay().await;
                 }
@@ -116,6 +151,7 @@ impl Writer {
             }
             self.write(events).await;
         }
+        self.spill.sync();
     }
 
     async fn write(&mut self, mut events: Vec<AuditEvent>) {
@@ -123,7 +159,6 @@ impl Writer {
         for event in &events {
             for burst in self.bursts.observe(event) {
                 self.metrics.record_security_alert(burst.kind);
-                tracing::warn!(kind = burst.kind, key = %burst.key, "denial burst");
                 alerts.push(AuditEvent {
                     id: Uuid::now_v7(),
                     at_ms: now_ms(),
@@ -139,34 +174,113 @@ impl Writer {
                 });
             }
         }
+        // One log line per window with counts, however many bursts.
+        if let Some(summary) = self.bursts.summary(now_ms()) {
+            tracing::warn!("{summary}");
+        }
         events.extend(alerts);
         self.sink.write(&events);
-        self.insert_or_spill(&events).await;
+        if self.outage {
+            self.spill(&events);
+            return;
+        }
+        self.insert(events, true).await;
     }
 
-    async fn insert_or_spill(&self, events: &[AuditEvent]) {
-        match tokio::time::timeout(INSERT_DEADLINE, self.store.insert_audit(events)).await {
-            Ok(Ok(written)) => {
-                self.metrics.ops.audit_written.inc_by(written);
-            }
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => "the insert timed out".to_owned(),
-                };
-                tracing::warn!("audit events spilled to disk: {why}");
-                self.metrics.ops.audit_spilled.inc_by(events.len() as u64);
-                if let Err(e) = self.spill.append(events) {
-                    self.metrics.ops.audit_lost.inc_by(events.len() as u64);
-                    tracing::error!("{} audit events lost: {e}", events.len());
+    async fn try_insert(&self, events: &[AuditEvent]) -> Result<u64, Refused> {
+        classify(tokio::time::timeout(INSERT_DEADLINE, self.store.insert_audit(events)).await)
+    }
+
+    /// Inserts; isolates events refused for their content; enters the
+    /// outage when the database cannot be reached, spilling what was not
+    /// written (unless it comes from the spill file: it is still there).
+    /// Returns whether the database was reachable throughout.
+    async fn insert(&mut self, events: Vec<AuditEvent>, spill: bool) -> bool {
+        let mut work = vec![events];
+        while let Some(events) = work.pop() {
+            match self.try_insert(&events).await {
+                Ok(written) => {
+                    self.metrics.ops.audit_written.inc_by(written);
+                }
+                Err(Refused::Content(why)) if events.len() == 1 => self.dead_letter(&events, &why),
+                Err(Refused::Content(_)) => {
+                    let mut first = events;
+                    let second = first.split_off(first.len() / 2);
+                    work.push(second);
+                    work.push(first);
+                }
+                Err(Refused::Unreachable(why)) => {
+                    self.enter_outage(&why);
+                    if spill {
+                        self.spill(&events);
+                        for rest in work.drain(..) {
+                            self.spill(&rest);
+                        }
+                    }
+                    self.drain_queue_to_spill();
+                    return false;
                 }
             }
+        }
+        true
+    }
+
+    fn enter_outage(&mut self, why: &str) {
+        if !self.outage {
+            tracing::warn!("audit events go to the spill file until the database is back: {why}");
+        }
+        self.outage = true;
+    }
+
+    /// Moves everything queued to the spill file at once: in an outage the
+    /// memory queue is the only thing a crash could lose.
+    fn drain_queue_to_spill(&mut self) {
+        let mut events = Vec::with_capacity(self.batch);
+        while let Ok(event) = self.receiver.try_recv() {
+            events.push(event);
+            if events.len() == self.batch {
+                self.sink.write(&events);
+                self.spill(&events);
+                events.clear();
+            }
+        }
+        self.sink.write(&events);
+        self.spill(&events);
+    }
+
+    fn spill(&self, events: &[AuditEvent]) {
+        if events.is_empty() {
+            return;
+        }
+        self.metrics.ops.audit_spilled.inc_by(events.len() as u64);
+        if let Err(e) = self.spill.append(events) {
+            self.metrics.ops.audit_lost.inc_by(events.len() as u64);
+            tracing::error!("{} audit events lost: {e}", events.len());
+        }
+    }
+
+    fn dead_letter(&self, events: &[AuditEvent], why: &str) {
+        self.metrics
+            .ops
+            .audit_dead_lettered
+            .inc_by(events.len() as u64);
+        let path = self.spill.dead_letter_path().display().to_string();
+        for event in events {
+            tracing::error!(
+                event = %event.id,
+                "audit event refused by the database, kept in {path}: {why}"
+            );
+        }
+        if let Err(e) = self.spill.dead_letter(events, why) {
+            self.metrics.ops.audit_lost.inc_by(events.len() as u64);
+            tracing::error!("{} audit events lost: {e}", events.len());
         }
     }
 
     /// Inserts the spill file's events (in batches); removes the file when
-    /// all are in, keeps it for the next try otherwise.
-    async fn replay(&self) {
+    /// every event is in or dead-lettered, keeps it for the next try when
+    /// the database cannot be reached.
+    async fn replay(&mut self) {
         let path = match self.spill.take() {
             Ok(Some(path)) => path,
             Ok(None) => return,
@@ -177,31 +291,45 @@ impl Writer {
             Err(e) => return tracing::error!("cannot read {}: {e}", path.display()),
         };
         let mut lines = tokio::io::BufReader::new(file).lines();
-        let mut replayed = 0u64;
+        let before = self.metrics.ops.audit_written.get();
+        let outage = self.outage;
+        self.outage = false;
         loop {
             let mut chunk = Vec::with_capacity(self.batch);
             while chunk.len() < self.batch {
                 match lines.next_line().await {
-                    Ok(Some(line)) => chunk.extend(spill::parse(&line)),
+                    Ok(Some(line)) if line.trim().is_empty() => {}
+                    Ok(Some(line)) => match spill::parse(&line) {
+                        Ok(event) => chunk.push(event),
+                        Err(why) => {
+                            self.metrics.ops.audit_dead_lettered.inc();
+                            tracing::error!("{why}; kept in the dead-letter file");
+                            if let Err(e) = self.spill.dead_letter_line(&line, &why) {
+                                self.metrics.ops.audit_lost.inc();
+                                tracing::error!("an unreadable audit line is lost: {e}");
+                            }
+                        }
+                    },
                     Ok(None) => break,
-                    Err(e) => return tracing::error!("cannot read {}: {e}", path.display()),
+                    Err(e) => {
+                        self.outage = outage;
+                        return tracing::error!("cannot read {}: {e}", path.display());
+                    }
                 }
             }
             if chunk.is_empty() {
                 break;
             }
-            match tokio::time::timeout(INSERT_DEADLINE, self.store.insert_audit(&chunk)).await {
-                Ok(Ok(written)) => {
-                    // Rows already present (a replay cut short before) are
-                    // skipped by the database and not counted again.
-                    self.metrics.ops.audit_written.inc_by(written);
-                    self.metrics.ops.audit_replayed.inc_by(written);
-                    replayed += written;
-                }
-                // Still down: the whole file is tried again later.
-                _ => return,
+            // Unreachable again: this file is tried again whole later (rows
+            // already in are skipped).
+            if !self.insert(chunk, false).await {
+                return;
             }
         }
+        // Rows already present (a replay cut short before) are skipped by
+        // the database and not counted again.
+        let replayed = self.metrics.ops.audit_written.get() - before;
+        self.metrics.ops.audit_replayed.inc_by(replayed);
         match tokio::fs::remove_file(&path).await {
             Ok(()) => tracing::info!("{replayed} spilled audit events replayed"),
             Err(e) => tracing::error!("cannot remove {}: {e}", path.display()),

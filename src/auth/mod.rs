@@ -4,6 +4,7 @@
 //! until it expires (at most `token_cache_ttl`), so a repeated check costs
 //! microseconds; revoking on this replica evicts it at once.
 
+pub mod events;
 pub mod jwt;
 pub mod keys;
 pub mod password;
@@ -24,6 +25,7 @@ use crate::{
     },
     support::clock::{now_ms, now_unix},
 };
+use events::{Event, SecurityEvents};
 use jwt::TokenService;
 use password::PasswordHashing;
 use throttle::Throttle;
@@ -94,6 +96,8 @@ pub struct AuthConfig {
     pub token_cache_capacity: u64,
     pub token_cache_ttl: Duration,
     pub after_login: Option<AfterLogin>,
+    /// Where logins, refreshes and refused tokens are recorded.
+    pub events: SecurityEvents,
 }
 
 pub struct Authenticator {
@@ -106,6 +110,7 @@ pub struct Authenticator {
     refresh_ttl: u64,
     reuse_grace: Duration,
     after_login: Option<AfterLogin>,
+    events: SecurityEvents,
 }
 
 impl Authenticator {
@@ -130,6 +135,7 @@ impl Authenticator {
             refresh_ttl: config.refresh_ttl.as_secs(),
             reuse_grace: config.refresh_reuse_grace,
             after_login: config.after_login,
+            events: config.events,
         }
     }
 
@@ -141,8 +147,38 @@ impl Authenticator {
         &self.hashing
     }
 
-    /// A password login: a new session and a token pair.
+    /// A password login: a new session and a token pair. Every outcome is
+    /// a security event.
     pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        client: &Client,
+    ) -> Result<(Principal, TokenPair), AuthzError> {
+        let outcome = self.try_login(email, password, client).await;
+        let event = match &outcome {
+            Ok((principal, _)) => Event {
+                decision: "login_succeeded",
+                reason: "PASSWORD".into(),
+                subject: principal.user_id.to_string(),
+                session: principal.session_id,
+                message: format!("{email} logged in"),
+                client,
+            },
+            Err(error) => Event {
+                decision: events::login_failure(error),
+                reason: error.code_name().to_ascii_uppercase(),
+                subject: email.to_owned(),
+                session: None,
+                message: error.to_string(),
+                client,
+            },
+        };
+        self.events.record("login", event);
+        outcome
+    }
+
+    async fn try_login(
         &self,
         email: &str,
         password: &str,
@@ -163,10 +199,16 @@ impl Authenticator {
         if !client.ip.is_empty() {
             self.ips.check(&client.ip)?;
         }
+        // A place for the hash first: a login that cannot be served in time
+        // is refused before it costs a database read.
+        let slot = self.hashing.admit()?;
         let credentials = self.store.credentials(email.trim()).await?;
         let stored = credentials.as_ref().and_then(|c| c.password_hash.clone());
         // Unknown emails are verified against the dummy hash: same work, same answer.
-        let verified = self.hashing.verify(password.to_owned(), stored).await?;
+        let verified = self
+            .hashing
+            .verify(slot, password.to_owned(), stored)
+            .await?;
         let Some(user) = credentials.filter(|_| verified.matches) else {
             self.accounts.failed(&account);
             if !client.ip.is_empty() {
@@ -224,8 +266,41 @@ impl Authenticator {
     }
 
     /// Rotates a refresh token: the old one dies, a new pair comes back.
-    /// A token used before revokes its whole session.
-    pub async fn refresh(&self, token: &str) -> Result<(Principal, TokenPair), AuthzError> {
+    /// A token used before revokes its whole session. Both are security
+    /// events.
+    pub async fn refresh(
+        &self,
+        token: &str,
+        client: &Client,
+    ) -> Result<(Principal, TokenPair), AuthzError> {
+        let outcome = self.try_refresh(token, client).await;
+        let event = match &outcome {
+            Ok((principal, _)) => Event {
+                decision: "token_refreshed",
+                reason: "REFRESH_TOKEN".into(),
+                subject: principal.user_id.to_string(),
+                session: principal.session_id,
+                message: "a refresh token was rotated".into(),
+                client,
+            },
+            Err(error) => Event {
+                decision: "refresh_refused",
+                reason: error.code_name().to_ascii_uppercase(),
+                subject: String::new(),
+                session: None,
+                message: error.to_string(),
+                client,
+            },
+        };
+        self.events.record("refresh", event);
+        outcome
+    }
+
+    async fn try_refresh(
+        &self,
+        token: &str,
+        client: &Client,
+    ) -> Result<(Principal, TokenPair), AuthzError> {
         if !token.starts_with(REFRESH_PREFIX) || token.len() > 128 {
             return Err(AuthzError::unauthenticated("this is not a refresh token"));
         }
@@ -249,6 +324,19 @@ impl Authenticator {
             } => self.pair(user_id, session_id, next, now).await,
             Rotation::Reused { session_id } => {
                 self.forget_session(session_id).await;
+                self.events.record(
+                    "refresh",
+                    Event {
+                        decision: "refresh_reused",
+                        reason: "SESSION_REVOKED".into(),
+                        subject: String::new(),
+                        session: Some(session_id),
+                        message: "a refresh token was presented a second time (a stolen copy?): \
+                                  its session is revoked"
+                            .into(),
+                        client,
+                    },
+                );
                 Err(AuthzError::unauthenticated(
                     "this refresh token was already used; the session has been revoked, log in again",
                 ))
@@ -266,6 +354,30 @@ impl Authenticator {
                 "the refresh token is not known",
             )),
         }
+    }
+
+    /// Verifies an access token a client presented (a bearer token on a
+    /// decision, or Authenticate); a refusal is a security event.
+    pub async fn verify_presented(
+        &self,
+        token: &str,
+        client: &Client,
+    ) -> Result<Arc<Principal>, AuthzError> {
+        let outcome = self.verify(token).await;
+        if let Err(error) = &outcome {
+            self.events.record(
+                "bearer_token",
+                Event {
+                    decision: "token_rejected",
+                    reason: error.code_name().to_ascii_uppercase(),
+                    subject: String::new(),
+                    session: None,
+                    message: error.to_string(),
+                    client,
+                },
+            );
+        }
+        outcome
     }
 
     /// Verifies an access token and returns its principal.

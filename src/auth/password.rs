@@ -1,7 +1,10 @@
 //! argon2id password hashing on a small bounded pool of blocking threads, so
 //! a login storm can neither block the async runtime nor queue without end.
 
-use std::sync::Arc;
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use argon2::{
     Algorithm, Argon2, Params, Version,
@@ -9,7 +12,10 @@ use argon2::{
 };
 use tokio::sync::Semaphore;
 
-use crate::error::AuthzError;
+use crate::{
+    error::AuthzError,
+    support::admission::{ExpectedWait, Ticket},
+};
 
 /// argon2id cost parameters (the settings default to OWASP's first
 /// recommendation: m = 19 MiB, t = 2, p = 1).
@@ -28,44 +34,96 @@ impl HashParams {
     }
 }
 
-/// Hashes and verifies passwords off the runtime; at most `workers` at once
-/// and `queue` waiting, beyond which callers get RESOURCE_EXHAUSTED.
+/// Hashes and verifies passwords off the runtime, at most `workers` at once.
+/// A login is admitted only if its hash can start within `max_wait`, judged
+/// from the measured hash time and the logins ahead of it (and never more
+/// than `queue` waiting); otherwise it is refused RESOURCE_EXHAUSTED at
+/// once, with the expected wait as the time to retry.
 pub struct PasswordHashing {
     params: HashParams,
     argon2: Argon2<'static>,
     workers: Arc<Semaphore>,
     admitted: Arc<Semaphore>,
+    queue: Arc<ExpectedWait>,
+    max_wait: Duration,
     /// A hash of a random password: an unknown email is verified against it
     /// so that it costs what a wrong password costs.
     dummy: String,
 }
 
 impl PasswordHashing {
-    /// Builds the pool and computes the dummy hash (once, at start-up).
-    pub async fn new(params: HashParams, workers: usize, queue: usize) -> Result<Self, AuthzError> {
+    /// Builds the pool and computes the dummy hash (once, at start-up; its
+    /// time is the first estimate of a hash's cost).
+    pub async fn new(
+        params: HashParams,
+        workers: usize,
+        queue: usize,
+        max_wait: Duration,
+    ) -> Result<Self, AuthzError> {
         let argon2 = params.argon2()?;
         let workers = workers.max(1);
-        let mut hashing = PasswordHashing {
+        let random = uuid::Uuid::new_v4().to_string();
+        let started = Instant::now();
+        let dummy = {
+            let argon2 = argon2.clone();
+            tokio::task::spawn_blocking(move || {
+                argon2
+                    .hash_password(random.as_bytes())
+                    .map(|h| h.to_string())
+            })
+            .await
+            .map_err(|e| AuthzError::Internal(format!("password hashing task failed: {e}")))?
+            .map_err(|e| AuthzError::Internal(format!("cannot hash password: {e}")))?
+        };
+        Ok(PasswordHashing {
             params,
             argon2,
             workers: Arc::new(Semaphore::new(workers)),
             admitted: Arc::new(Semaphore::new(workers + queue)),
-            dummy: String::new(),
-        };
-        let random = uuid::Uuid::new_v4().to_string();
-        hashing.dummy = hashing.hash(random).await?;
-        Ok(hashing)
+            queue: ExpectedWait::new(workers, started.elapsed()),
+            max_wait,
+            dummy,
+        })
+    }
+
+    /// The measured time of one hash (smoothed).
+    pub fn hash_time(&self) -> Duration {
+        self.queue.service_time()
+    }
+
+    /// A place in the hashing queue, or RESOURCE_EXHAUSTED at once (with
+    /// the time to retry) when it could not start within `max_wait`. Taken
+    /// before any other work of a login, so a refused login costs nothing.
+    pub fn admit(&self) -> Result<HashSlot, AuthzError> {
+        let ticket =
+            self.queue
+                .admit(self.max_wait)
+                .map_err(|too_long| AuthzError::Overloaded {
+                    message: format!(
+                        "password logins on this replica are queued about {} ms deep (limit {} ms, \
+                     setting password_max_wait); retry after the given time",
+                        too_long.expected_wait.as_millis(),
+                        self.max_wait.as_millis()
+                    ),
+                    retry_after: too_long.retry_after,
+                })?;
+        let admitted = self.admitted.clone().try_acquire_owned().map_err(|_| {
+            AuthzError::overloaded(
+                "too many password logins in progress on this replica (setting password_queue); \
+                 retry in a moment",
+            )
+        })?;
+        Ok(HashSlot {
+            ticket,
+            _admitted: admitted,
+        })
     }
 
     async fn run<T: Send + 'static>(
         &self,
+        slot: HashSlot,
         work: impl FnOnce(&Argon2<'static>) -> T + Send + 'static,
     ) -> Result<T, AuthzError> {
-        let _admitted = self.admitted.clone().try_acquire_owned().map_err(|_| {
-            AuthzError::ResourceExhausted(
-                "too many password logins in progress on this replica; retry in a moment".into(),
-            )
-        })?;
         let _worker = self
             .workers
             .clone()
@@ -73,14 +131,21 @@ impl PasswordHashing {
             .await
             .map_err(|_| AuthzError::Unavailable("password hashing is shutting down".into()))?;
         let argon2 = self.argon2.clone();
-        tokio::task::spawn_blocking(move || work(&argon2))
-            .await
-            .map_err(|e| AuthzError::Internal(format!("password hashing task failed: {e}")))
+        let (result, took) = tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let result = work(&argon2);
+            (result, started.elapsed())
+        })
+        .await
+        .map_err(|e| AuthzError::Internal(format!("password hashing task failed: {e}")))?;
+        slot.ticket.served(took);
+        Ok(result)
     }
 
     /// A PHC string (`$argon2id$v=19$m=…`) with a fresh salt.
     pub async fn hash(&self, password: String) -> Result<String, AuthzError> {
-        self.run(move |argon2| {
+        let slot = self.admit()?;
+        self.run(slot, move |argon2| {
             argon2
                 .hash_password(password.as_bytes())
                 .map(|h| h.to_string())
@@ -94,13 +159,14 @@ impl PasswordHashing {
     /// other parameters than the configured ones (rehash on login).
     pub async fn verify(
         &self,
+        slot: HashSlot,
         password: String,
         stored: Option<String>,
     ) -> Result<Verified, AuthzError> {
         let real = stored.is_some();
         let hash = stored.unwrap_or_else(|| self.dummy.clone());
         let wanted = self.params;
-        self.run(move |argon2| {
+        self.run(slot, move |argon2| {
             let Ok(parsed) = PasswordHash::new(&hash) else {
                 return Verified {
                     matches: false,
@@ -116,6 +182,12 @@ impl PasswordHashing {
         })
         .await
     }
+}
+
+/// An admitted hash: its place in the queue.
+pub struct HashSlot {
+    ticket: Ticket,
+    _admitted: tokio::sync::OwnedSemaphorePermit,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

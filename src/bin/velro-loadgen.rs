@@ -46,6 +46,28 @@ enum Command {
         #[arg(long, default_value = "ghz_bench/results")]
         out: PathBuf,
     },
+    /// Run a ramp directory with virtual users against a running server:
+    /// each logs in once as a workload user, then authorizes by token at its
+    /// rate; prints each stage's verdicts against the seed's targets.
+    Ramp {
+        #[arg(default_value = "ghz_bench/ramp")]
+        dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        host: String,
+        /// The workload the server was seeded with.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value_t = 1.0)]
+        scale: f64,
+        #[arg(long)]
+        stage_seconds: Option<f64>,
+        #[arg(long, default_value_t = 1.0)]
+        duration_factor: f64,
+        #[arg(long)]
+        no_logins: bool,
+        #[arg(long, default_value = "ghz_bench/results")]
+        out: PathBuf,
+    },
     /// Draw the ghz data files (and workload.json) from the reference workload.
     Data {
         #[arg(long, default_value_t = 42)]
@@ -100,6 +122,12 @@ enum Command {
         only: Vec<String>,
         #[arg(long, default_value_t = 1.0)]
         duration_factor: f64,
+        /// Every ramp stage lasts this many seconds (e.g. 60).
+        #[arg(long)]
+        stage_seconds: Option<f64>,
+        /// Ramp users authorize by user id without logging in first.
+        #[arg(long)]
+        no_ramp_logins: bool,
         #[arg(long, default_value = "ghz_bench")]
         configs: PathBuf,
         #[arg(long, default_value = "ghz_bench/results")]
@@ -153,6 +181,38 @@ async fn execute(command: Command) -> Result<(), LoadError> {
             }
             fail_on_mismatch(&report)
         }
+        Command::Ramp {
+            dir,
+            host,
+            seed,
+            scale,
+            stage_seconds,
+            duration_factor,
+            no_logins,
+            out,
+        } => {
+            let data = std::sync::Arc::new(velro_authz::model::workload::generate(scale, seed));
+            let scenario = loadgen::run_user_ramp(
+                &dir,
+                &host,
+                data,
+                stage_seconds,
+                duration_factor,
+                !no_logins,
+            )
+            .await?;
+            let report = RunReport {
+                started_at: standard::utc_timestamp(std::time::SystemTime::now()),
+                setup: Default::default(),
+                scenarios: vec![scenario],
+            };
+            report.print();
+            let stem = format!("ramp-{}", report.started_at.replace([':', '-'], ""));
+            for path in report.write(&out, &stem)? {
+                println!("wrote {}", path.display());
+            }
+            fail_on_mismatch(&report)
+        }
         Command::Data {
             seed,
             scale,
@@ -193,6 +253,8 @@ async fn execute(command: Command) -> Result<(), LoadError> {
             db_cache,
             only,
             duration_factor,
+            stage_seconds,
+            no_ramp_logins,
             configs,
             out,
             server_bin,
@@ -209,6 +271,8 @@ async fn execute(command: Command) -> Result<(), LoadError> {
                 server_bin: server_bin.unwrap_or_else(sibling_server),
                 only,
                 duration_factor,
+                stage_seconds,
+                ramp_logins: !no_ramp_logins,
             })
             .await?;
             fail_on_mismatch(&report)

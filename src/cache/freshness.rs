@@ -321,7 +321,7 @@ pub async fn follow(
             Ok(()) => database.success(),
             // Every pooled connection busy with our own work: overload, not
             // a database failure (the breaker would turn it into an outage).
-            Err(e @ AuthzError::Overloaded { .. }) if store.pool_busy() => {
+            Err(e @ AuthzError::Overloaded { .. }) => {
                 tracing::debug!("change log read waits for the pool: {e}");
             }
             Err(e) => {

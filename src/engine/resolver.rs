@@ -108,7 +108,7 @@ impl Resolver {
                         too_long.ahead,
                         too_long.expected_wait.as_millis()
                     ),
-                    retry_after: too_long.expected_wait.clamp(OVERLOAD_RETRY, FACTS_DEADLINE),
+                    retry_after: too_long.retry_after.clamp(OVERLOAD_RETRY, FACTS_DEADLINE),
                 });
             }
         };
@@ -149,18 +149,13 @@ impl Resolver {
     }
 
     /// Judges a facts query the store refused: the breaker hears of it only
-    /// when the database is to blame. A wait for a pooled connection while
-    /// every connection was busy is our own queue (RESOURCE_EXHAUSTED).
+    /// when the database is to blame. A wait for a pooled connection is our
+    /// own queue (RESOURCE_EXHAUSTED).
     fn failed(&self, error: AuthzError) -> AuthzError {
         match error {
-            AuthzError::Overloaded { .. } if self.store.pool_busy() => error,
-            AuthzError::Overloaded { .. } => {
-                // The pool had room but could not connect in time.
-                self.database.failure();
-                AuthzError::Unavailable(
-                    "the database is unreachable: no connection could be opened in time".into(),
-                )
-            }
+            // No pooled connection in time: our own queue. (A database that
+            // went away fails the connections in use first, and those count.)
+            AuthzError::Overloaded { .. } => error,
             // Refused, reset or closed connections: the database's doing.
             AuthzError::Unavailable(_) => {
                 self.database.failure();

@@ -70,6 +70,7 @@ impl Layer for Audit {
             client_ip: request.ip.map(|ip| ip.to_string()).unwrap_or_default(),
             session_id: request.session_id.clone(),
             flags: ctx.flags.join(","),
+            ..AuditEvent::default()
         });
     }
 }

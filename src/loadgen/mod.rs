@@ -8,11 +8,13 @@ pub mod driver;
 pub mod expect;
 pub mod ghz;
 pub mod messages;
+pub mod ramp;
 pub mod report;
 pub mod standard;
 pub mod svg;
 pub mod tally;
 pub mod tokens;
+pub mod verdict;
 
 use std::{
     collections::HashMap,
@@ -150,4 +152,33 @@ pub async fn run_scenario(path: &Path, options: &RunOptions) -> Result<ScenarioR
     }
     let call = call.ok_or_else(|| LoadError(format!("{name}: nothing to run")))?;
     report::scenario(&name, call, open, steps)
+}
+
+/// Runs a ramp directory with virtual users (see `ramp`): each stage's
+/// `concurrency` is its users, `rps` their total rate.
+pub async fn run_user_ramp(
+    dir: &Path,
+    host: &str,
+    data: Arc<crate::model::workload::Dataset>,
+    stage_seconds: Option<f64>,
+    duration_factor: f64,
+    logins: bool,
+) -> Result<ScenarioResult, LoadError> {
+    let (name, plans) = scenario_plans(dir)?;
+    let stages: Vec<ramp::Stage> = plans
+        .iter()
+        .map(|p| ramp::Stage::from_plan(p, stage_seconds, duration_factor))
+        .collect();
+    let tallies = ramp::run(
+        &stages,
+        ramp::RampOptions {
+            host: host.to_owned(),
+            data,
+            logins,
+            check_every: 4,
+        },
+    )
+    .await?;
+    let labels: Vec<(String, usize)> = stages.iter().map(|s| (s.name.clone(), s.users)).collect();
+    report::ramp_scenario(&name, &labels, &tallies)
 }

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::Path};
 
 use serde::Serialize;
 
-use super::{LoadError, ghz::Call, svg, tally::Tally};
+use super::{LoadError, ghz::Call, ramp::StageTallies, svg, tally::Tally, verdict::Verdict};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Percentiles {
@@ -36,6 +36,19 @@ pub struct StepResult {
     pub checked: u64,
     pub mismatches: u64,
     pub mismatch_samples: Vec<String>,
+    /// Ramp steps: the users the step asked for and those logged in and
+    /// sending by its end.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub users: Option<(u64, u64)>,
+    /// Ramp steps: the password logins made during the step, and how many
+    /// were shed (RESOURCE_EXHAUSTED, retried after RetryInfo).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logins: Option<Box<StepResult>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub logins_shed: Option<u64>,
+    /// Ramp steps: the seed's targets, PASS or FAIL.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub verdicts: Vec<Verdict>,
 }
 
 const CACHED: [&str; 3] = ["IN_PROCESS_CACHE", "REDIS_CACHE", "DATABASE_CACHE"];
@@ -79,6 +92,10 @@ impl StepResult {
             checked: t.checked,
             mismatches: t.mismatches,
             mismatch_samples: t.mismatch_samples.clone(),
+            users: None,
+            logins: None,
+            logins_shed: None,
+            verdicts: Vec::new(),
         }
     }
 
@@ -191,6 +208,23 @@ impl RunReport {
                     share("COMPUTED")
                 );
             }
+            for step in s.steps.iter().filter(|st| !st.verdicts.is_empty()) {
+                let (wanted, active) = step.users.unwrap_or_default();
+                let logins = step.logins.as_ref().map_or(String::new(), |l| {
+                    format!(
+                        ", logins {} (p95 {:.1} ms, {} shed and retried)",
+                        l.requests,
+                        l.latency_ms.p95,
+                        step.logins_shed.unwrap_or(0)
+                    )
+                });
+                let verdicts: Vec<String> = step.verdicts.iter().map(Verdict::text).collect();
+                println!(
+                    "  {} ({active} of {wanted} users sending{logins}): {}",
+                    step.label,
+                    verdicts.join(", ")
+                );
+            }
             for sample in &s.overall.mismatch_samples {
                 println!("  MISMATCH {sample}");
             }
@@ -234,6 +268,38 @@ pub fn scenario(
             .map(|(label, t)| StepResult::from_tally(label.clone(), t))
             .collect(),
         overall: StepResult::from_tally("all", &all),
+        ceiling_ratio: None,
+    })
+}
+
+/// Builds the ramp's result: per stage the Authorize figures, the logins
+/// and the verdicts against the seed's targets.
+pub fn ramp_scenario(
+    name: &str,
+    stages: &[(String, usize)],
+    tallies: &[StageTallies],
+) -> Result<ScenarioResult, LoadError> {
+    let mut overall = Tally::new()?;
+    let mut steps = Vec::with_capacity(tallies.len());
+    for ((label, users), t) in stages.iter().zip(tallies) {
+        overall.merge(&t.authz);
+        let mut both = t.authz.clone();
+        both.merge(&t.logins);
+        let mut step = StepResult::from_tally(label.clone(), &t.authz);
+        let logins = StepResult::from_tally("logins", &t.logins);
+        let all = StepResult::from_tally("all", &both);
+        step.verdicts = super::verdict::judge(&step, Some(&logins), &all);
+        step.users = Some((*users as u64, t.active as u64));
+        step.logins_shed = Some(t.logins_shed);
+        step.logins = Some(Box::new(logins));
+        steps.push(step);
+    }
+    Ok(ScenarioResult {
+        name: name.to_owned(),
+        call: Call::Authorize,
+        mode: "open-loop".into(),
+        steps,
+        overall: StepResult::from_tally("all", &overall),
         ceiling_ratio: None,
     })
 }

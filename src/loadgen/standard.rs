@@ -58,6 +58,11 @@ pub struct StandardOptions {
     /// Scenario names to run (all when empty); the ceiling always runs.
     pub only: Vec<String>,
     pub duration_factor: f64,
+    /// Every ramp stage lasts this long (seconds) instead of its config's
+    /// duration times `duration_factor`.
+    pub stage_seconds: Option<f64>,
+    /// Ramp users log in (password) before they authorize by token.
+    pub ramp_logins: bool,
 }
 
 fn free_port() -> Result<u16, LoadError> {
@@ -196,9 +201,40 @@ fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// The server's own counters after the run: shed requests, breakers,
+/// connections it closed (from its ops port).
+async fn server_counters(ops: &str) -> BTreeMap<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut found = BTreeMap::new();
+    let Ok(mut stream) = tokio::net::TcpStream::connect(ops).await else {
+        return found;
+    };
+    let request = format!("GET /metrics HTTP/1.0\r\nHost: {ops}\r\n\r\n");
+    let mut text = String::new();
+    if stream.write_all(request.as_bytes()).await.is_err()
+        || stream.read_to_string(&mut text).await.is_err()
+    {
+        return found;
+    }
+    let wanted = [
+        "velro_authz_requests_shed_total",
+        "velro_authz_breaker_state",
+        "velro_authz_connections_closed_by_server_total",
+        "velro_authz_audit_events_spilled_total",
+    ];
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        if let Some((name, value)) = line.rsplit_once(' ')
+            && wanted.iter().any(|w| name.starts_with(w))
+        {
+            found.insert(format!("server {name}"), value.to_owned());
+        }
+    }
+    found
+}
+
 /// Starts `velro-authz serve` on free loopback ports with the run's
-/// database and shared tiers; returns the child and its gRPC address.
-fn start_server(options: &StandardOptions, url: &str) -> Result<(Child, String), LoadError> {
+/// database and shared tiers; returns the child, its gRPC and ops addresses.
+fn start_server(options: &StandardOptions, url: &str) -> Result<(Child, String, String), LoadError> {
     let (grpc, ops) = (free_port()?, free_port()?);
     let addr = format!("127.0.0.1:{grpc}");
     let mut command = Command::new(&options.server_bin);
@@ -236,7 +272,7 @@ fn start_server(options: &StandardOptions, url: &str) -> Result<(Child, String),
             options.server_bin.display()
         ))
     })?;
-    Ok((server, addr))
+    Ok((server, addr, format!("127.0.0.1:{ops}")))
 }
 
 /// Runs Authorize hot on a second, cold replica next to the warm one: what
@@ -246,7 +282,7 @@ async fn cold_replica(
     url: &str,
     run: &RunOptions,
 ) -> Result<ScenarioResult, LoadError> {
-    let (mut cold, addr) = start_server(options, url)?;
+    let (mut cold, addr, _) = start_server(options, url)?;
     let result = async {
         wait_serving(&addr, &mut cold).await?;
         let run = RunOptions {
@@ -268,7 +304,7 @@ async fn run_against(
     data_dir: &Path,
     report: &mut RunReport,
 ) -> Result<(), LoadError> {
-    let (mut server, addr) = start_server(options, url)?;
+    let (mut server, addr, ops) = start_server(options, url)?;
     let result = async {
         wait_serving(&addr, &mut server).await?;
         let run = RunOptions {
@@ -289,6 +325,24 @@ async fn run_against(
                 tokens_written = true;
                 let data = crate::model::workload::generate(options.scale, options.seed);
                 tokens::write_token_files(&addr, &data, TOKEN_USERS, data_dir).await?;
+            }
+            if *name == "ramp" {
+                let data = std::sync::Arc::new(crate::model::workload::generate(
+                    options.scale,
+                    options.seed,
+                ));
+                report.scenarios.push(
+                    super::run_user_ramp(
+                        &options.configs.join("ramp"),
+                        &addr,
+                        data,
+                        options.stage_seconds,
+                        options.duration_factor,
+                        options.ramp_logins,
+                    )
+                    .await?,
+                );
+                continue;
             }
             if *name == LOGIN_STORM {
                 let (hot_config, login_config) = (
@@ -315,6 +369,7 @@ async fn run_against(
                 .scenarios
                 .push(cold_replica(options, url, &run).await?);
         }
+        report.setup.extend(server_counters(&ops).await);
         if let Some(rss) = peak_rss_mib(server.id()) {
             report
                 .setup

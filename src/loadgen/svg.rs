@@ -138,12 +138,34 @@ fn axes(out: &mut String, left: f64, top: f64, title: &str) {
 
 fn labels(out: &mut String, s: &ScenarioResult, left: f64, top: f64) {
     for (i, st) in s.steps.iter().enumerate() {
+        let x = x_of(i, s.steps.len(), left);
         let _ = write!(
             out,
-            r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle">{}</text>"#,
-            x_of(i, s.steps.len(), left),
+            r#"<text x="{x:.1}" y="{:.1}" font-size="10" text-anchor="middle">{}</text>"#,
             top + PANEL_H + 14.0,
             escape(&st.label)
+        );
+        if st.verdicts.is_empty() {
+            continue;
+        }
+        // The seed's targets: PASS, or FAIL with the missed ones.
+        let failed: Vec<&str> = st
+            .verdicts
+            .iter()
+            .filter(|v| !v.pass)
+            .map(|v| v.target.split(' ').next().unwrap_or_default())
+            .collect();
+        let (text, color) = match failed.is_empty() {
+            true => ("PASS".to_owned(), "#1a9850"),
+            false => (format!("FAIL {}", failed.join(",")), "#d73027"),
+        };
+        let all: Vec<String> = st.verdicts.iter().map(|v| v.text()).collect();
+        let _ = write!(
+            out,
+            r#"<text x="{x:.1}" y="{:.1}" font-size="9" text-anchor="middle" fill="{color}">{}<title>{}</title></text>"#,
+            top + PANEL_H + 27.0,
+            escape(&text),
+            escape(&all.join("; "))
         );
     }
 }

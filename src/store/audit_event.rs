@@ -35,6 +35,12 @@ pub struct AuditEvent {
     pub session_id: String,
     /// Flags raised by guards, comma-separated.
     pub flags: String,
+    /// The client's user agent (security events).
+    #[serde(default)]
+    pub user_agent: String,
+    /// The W3C trace id of the request, when it was traced.
+    #[serde(default)]
+    pub trace_id: String,
 }
 
 /// Which events a query wants.
@@ -50,7 +56,7 @@ pub struct AuditFilter {
 /// Columns of `audit_log`, in insert and select order.
 pub(crate) const AUDIT_COLUMNS: &str = "id, at_ms, kind, subject, action, resource_type, resource_id, \
      decision, layer, reason, message, cache_tier, latency_us, request_id, client_ip, \
-     session_id, flags";
+     session_id, flags, user_agent, trace_id";
 
 #[derive(sqlx::FromRow)]
 pub(crate) struct AuditRow {
@@ -71,6 +77,8 @@ pub(crate) struct AuditRow {
     client_ip: String,
     session_id: String,
     flags: String,
+    user_agent: String,
+    trace_id: String,
 }
 
 impl From<AuditRow> for AuditEvent {
@@ -93,6 +101,8 @@ impl From<AuditRow> for AuditEvent {
             client_ip: r.client_ip,
             session_id: r.session_id,
             flags: r.flags,
+            user_agent: r.user_agent,
+            trace_id: r.trace_id,
         }
     }
 }

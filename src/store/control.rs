@@ -69,7 +69,9 @@ macro_rules! control_store {
                             .push_bind(e.request_id.clone())
                             .push_bind(e.client_ip.clone())
                             .push_bind(e.session_id.clone())
-                            .push_bind(e.flags.clone());
+                            .push_bind(e.flags.clone())
+                            .push_bind(e.user_agent.clone())
+                            .push_bind(e.trace_id.clone());
                     });
                     query.push(" ON CONFLICT (id) DO NOTHING");
                     written += query.build().execute(&self.pool).await?.rows_affected();

@@ -121,8 +121,8 @@ pub trait Store: auth::AuthStore + control::ControlStore + Send + Sync {
     /// The pool's size and how long a query waits for a connection.
     fn pool_config(&self) -> PoolConfig;
 
-    /// Every connection of the pool is open and checked out: a wait for one
-    /// is a queue of our own work, not a sign that the database is down.
+    /// Every connection of the pool is open: a wait for one is a queue of
+    /// our own work, not a sign that the database is down.
     fn pool_busy(&self) -> bool;
 }
 

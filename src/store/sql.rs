@@ -393,8 +393,10 @@ macro_rules! sql_store {
             }
 
             fn pool_busy(&self) -> bool {
+                // Every connection open: a wait for one is a wait for our
+                // own work. A pool below its size that timed out could not
+                // open a connection: the database's failure.
                 self.pool.size() >= self.pool.options().get_max_connections()
-                    && self.pool.num_idle() == 0
             }
         }
     };

@@ -21,6 +21,11 @@ pub struct ExpectedWait {
     in_flight: AtomicUsize,
     /// Smoothed service time in microseconds (an f64's bits).
     service_us: AtomicU64,
+    /// Refusals in the current second (`refusal_second` since `epoch`):
+    /// demand that waits outside, which a retry time has to make room for.
+    epoch: Instant,
+    refusal_second: AtomicU64,
+    refusals: AtomicU64,
 }
 
 /// Refused: the work would wait about this long before it starts.
@@ -28,7 +33,14 @@ pub struct ExpectedWait {
 pub struct TooLong {
     pub expected_wait: Duration,
     pub ahead: usize,
+    /// When to come back: the expected wait plus the time to serve those
+    /// refused in the last second, so that refused clients return spread
+    /// out instead of all at once.
+    pub retry_after: Duration,
 }
+
+/// The longest retry time handed out.
+const MAX_RETRY: Duration = Duration::from_secs(60);
 
 /// An admitted piece of work; dropping it frees its place.
 pub struct Ticket {
@@ -45,6 +57,9 @@ impl ExpectedWait {
             workers: workers.max(1),
             in_flight: AtomicUsize::new(0),
             service_us: AtomicU64::new((initial_service.as_micros() as f64).to_bits()),
+            epoch: Instant::now(),
+            refusal_second: AtomicU64::new(0),
+            refusals: AtomicU64::new(0),
         })
     }
 
@@ -70,9 +85,14 @@ impl ExpectedWait {
         let expected_wait = self.wait_behind(ahead);
         if expected_wait > budget {
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            let waiting_outside = self.refused();
+            let make_room = self
+                .service_time()
+                .mul_f64(waiting_outside as f64 / self.workers as f64);
             return Err(TooLong {
                 expected_wait,
                 ahead,
+                retry_after: (expected_wait + make_room).min(MAX_RETRY),
             });
         }
         Ok(Ticket {
@@ -80,6 +100,15 @@ impl ExpectedWait {
             admitted: Instant::now(),
             unqueued: ahead < self.workers,
         })
+    }
+
+    /// Counts a refusal; returns the refusals of the current second.
+    fn refused(&self) -> u64 {
+        let second = self.epoch.elapsed().as_secs();
+        if self.refusal_second.swap(second, Ordering::AcqRel) != second {
+            self.refusals.store(0, Ordering::Release);
+        }
+        self.refusals.fetch_add(1, Ordering::AcqRel) + 1
     }
 
     fn sample(&self, took: Duration) {
@@ -97,6 +126,12 @@ impl Ticket {
         if self.unqueued {
             self.gate.sample(self.admitted.elapsed());
         }
+    }
+
+    /// The work finished after being served for `service` (measured by the
+    /// worker itself, so queueing does not count).
+    pub fn served(self, service: Duration) {
+        self.gate.sample(service);
     }
 }
 
@@ -123,9 +158,13 @@ mod tests {
             refused,
             Some(TooLong {
                 expected_wait: Duration::from_millis(30),
-                ahead: 7
+                ahead: 7,
+                // 30 ms, and room for the one refused (10 ms over 2 workers).
+                retry_after: Duration::from_millis(35),
             })
         );
+        let again = gate.admit(budget).err().map(|r| r.retry_after);
+        assert_eq!(again, Some(Duration::from_millis(40)), "two refused now");
         assert_eq!(gate.in_flight(), 7, "a refusal holds no place");
         drop(held);
         assert_eq!(gate.in_flight(), 0);

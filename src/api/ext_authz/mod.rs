@@ -18,8 +18,10 @@ use uuid::Uuid;
 
 use crate::{
     api::{
+        authenticate::client_of,
         status::{WireStatus, retry_after_seconds, wire_status},
         transport::admission::Admission,
+        validate,
     },
     auth::Authenticator,
     engine::Engine,
@@ -208,6 +210,21 @@ impl ExtAuthzService {
             }
         };
         let header = |name: &str| http.headers.get(name).map(String::as_str);
+        // Headers that reach the audit log are checked like any stored text.
+        let stored = |name: &str, max: usize| {
+            let value = header(name).unwrap_or_default();
+            validate::text(name, value, max)
+                .map(str::to_owned)
+                .map_err(|e| Deny::because("BAD_HEADER", e))
+        };
+        let facts = RequestFacts {
+            ip: self.client_ip(request),
+            user_agent: stored("user-agent", 1024)?,
+            session_id: String::new(),
+            request_id: stored("x-request-id", validate::MAX_ID_BYTES)?,
+            // Gateways present signed media URLs in a later step.
+            signed_url: String::new(),
+        };
         let subject = match header("authorization") {
             None => None,
             Some(value) => {
@@ -222,30 +239,15 @@ impl ExtAuthzService {
                             "the Authorization header must be `Bearer <token>`",
                         )
                     })?;
+                let client = client_of(&facts);
                 Some(
                     self.auth
-                        .verify(token)
+                        .verify_presented(token, &client)
                         .await
                         .map_err(|e| Deny::from_error(&e))?
                         .user_id,
                 )
             }
-        };
-        let facts = RequestFacts {
-            ip: self.client_ip(request),
-            user_agent: header("user-agent")
-                .unwrap_or_default()
-                .chars()
-                .take(1024)
-                .collect(),
-            session_id: String::new(),
-            request_id: header("x-request-id")
-                .unwrap_or_default()
-                .chars()
-                .take(128)
-                .collect(),
-            // Gateways present signed media URLs in a later step.
-            signed_url: String::new(),
         };
         let query = Query {
             // No credentials: decided as an anonymous subject (public read only).

@@ -94,6 +94,9 @@ pub struct OpsMetrics {
     pub audit_spilled: Counter,
     pub audit_replayed: Counter,
     pub audit_lost: Counter,
+    /// Events the database refused for their content (or unreadable spill
+    /// lines), kept in the dead-letter file.
+    pub audit_dead_lettered: Counter,
     pub breaker_state: Family<DependencyLabels, Gauge>,
     pub rate_limited: Family<LimitLabels, Counter>,
     /// Rate-limit checks answered in process because Redis was skipped or failed.
@@ -120,6 +123,12 @@ impl OpsMetrics {
                 "audit_events_replayed",
                 "Spilled audit events later written to the database",
                 &self.audit_replayed,
+            ),
+            (
+                "audit_events_dead_lettered",
+                "Audit events the database refused for their content (or unreadable spill lines), \
+                 kept in the dead-letter file beside the spill file",
+                &self.audit_dead_lettered,
             ),
             (
                 "audit_events_lost",

@@ -125,7 +125,9 @@ pub async fn auth_server(kind: Db, tweak: impl FnOnce(&mut Settings)) -> AuthWor
     let db = TestDb::create(kind).await;
     let mut world = World::new();
     let mut s = settings(&db.url);
-    let hashing = PasswordHashing::new(s.hash_params(), 1, 1).await.unwrap();
+    let hashing = PasswordHashing::new(s.hash_params(), 1, 1, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
     world.data.password_hash = Some(hashing.hash(PASSWORD.into()).await.unwrap());
     db.store()
         .await
