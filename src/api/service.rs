@@ -42,12 +42,23 @@ impl AuthzService {
         }
     }
 
-    fn admin_check<T>(&self, request: &Request<T>) -> Result<(), AuthzError> {
+    /// Admits an admin RPC (`verb` names it in the audit log); a refusal is
+    /// an audit event too.
+    fn admin_check<T>(&self, request: &Request<T>, verb: &'static str) -> Result<(), AuthzError> {
         let presented = request
             .metadata()
             .get("x-velro-admin-token")
             .and_then(|v| v.to_str().ok());
-        authenticate::admin_check(self.admin_token.as_deref(), presented)
+        let checked = authenticate::admin_check(self.admin_token.as_deref(), presented);
+        if let Err(e) = &checked {
+            self.audit.record(admin::admin_event(
+                "admin_refused",
+                verb,
+                "admin_rpc",
+                &e.to_string(),
+            ));
+        }
+        checked
     }
 
     /// Counts the call and turns the result into the gRPC answer.
@@ -191,17 +202,10 @@ impl AuthorizationService for AuthzService {
         request: Request<proto::RevokeSessionsRequest>,
     ) -> Result<Response<proto::RevokeSessionsResponse>, Status> {
         let started = Instant::now();
-        let presented = request
-            .metadata()
-            .get("x-velro-admin-token")
-            .and_then(|v| v.to_str().ok());
-        let result = authenticate::revoke_sessions(
-            &self.auth,
-            self.admin_token.as_deref(),
-            presented,
-            request.get_ref(),
-        )
-        .await;
+        let result = match self.admin_check(&request, "RevokeSessions") {
+            Ok(()) => authenticate::revoke_sessions(&self.auth, request.get_ref()).await,
+            Err(refused) => Err(refused),
+        };
         if let Ok(done) = &result {
             let target = format!("{:?}", request.get_ref().target);
             let message = format!("{} session(s) revoked", done.revoked);
@@ -221,7 +225,7 @@ impl AuthorizationService for AuthzService {
     ) -> Result<Response<proto::KillSwitchesResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            self.admin_check(&request)?;
+            self.admin_check(&request, "SetKillSwitch")?;
             let r = request.get_ref();
             let event =
                 admin::set_switch(self.engine.store(), &r.scope, &r.reason, &r.set_by).await?;
@@ -238,7 +242,7 @@ impl AuthorizationService for AuthzService {
     ) -> Result<Response<proto::KillSwitchesResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            self.admin_check(&request)?;
+            self.admin_check(&request, "ClearKillSwitch")?;
             let r = request.get_ref();
             let event = admin::clear_switch(self.engine.store(), &r.scope, &r.set_by).await?;
             let changed = event.is_some();
@@ -257,7 +261,13 @@ impl AuthorizationService for AuthzService {
     ) -> Result<Response<proto::KillSwitchesResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            self.admin_check(&request)?;
+            self.admin_check(&request, "ListKillSwitches")?;
+            self.audit.record(admin::admin_event(
+                "kill_switches_listed",
+                "kill_switches",
+                "admin_rpc",
+                "",
+            ));
             self.switches(false).await
         }
         .await;
@@ -270,8 +280,15 @@ impl AuthorizationService for AuthzService {
     ) -> Result<Response<proto::QueryAuditResponse>, Status> {
         let started = Instant::now();
         let result = async {
-            self.admin_check(&request)?;
+            self.admin_check(&request, "QueryAudit")?;
             let events = admin::query_audit(self.engine.store(), request.get_ref()).await?;
+            let target = format!("{:?}", request.get_ref().target);
+            self.audit.record(admin::admin_event(
+                "audit_queried",
+                &target,
+                "admin_rpc",
+                &format!("{} events returned", events.len()),
+            ));
             Ok(proto::QueryAuditResponse { events })
         }
         .await;

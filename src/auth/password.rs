@@ -2,7 +2,7 @@
 //! a login storm can neither block the async runtime nor queue without end.
 
 use std::{
-    sync::Arc,
+    sync::{Arc, mpsc},
     time::{Duration, Instant},
 };
 
@@ -34,6 +34,45 @@ impl HashParams {
     }
 }
 
+/// A hashing job, run on one of the pool's threads.
+type Job = Box<dyn FnOnce(&Argon2<'static>) + Send>;
+
+/// Starts the hashing threads: plain OS threads at the lowest scheduling
+/// priority, so that when the CPU is contended the runtime's decisions run
+/// first and logins take what is left (a login may wait, a decision not).
+fn hashing_threads(
+    workers: usize,
+    argon2: &Argon2<'static>,
+) -> Result<mpsc::Sender<Job>, AuthzError> {
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let queue = Arc::new(std::sync::Mutex::new(queue));
+    for n in 0..workers {
+        let (queue, argon2) = (queue.clone(), argon2.clone());
+        std::thread::Builder::new()
+            .name(format!("velro-hash-{n}"))
+            .spawn(move || {
+                if let Err(e) = thread_priority::set_current_thread_priority(
+                    thread_priority::ThreadPriority::Min,
+                ) {
+                    tracing::warn!("cannot lower the hashing thread's priority: {e:?}");
+                }
+                loop {
+                    let job = match queue.lock() {
+                        Ok(queue) => queue.recv(),
+                        Err(_) => return,
+                    };
+                    match job {
+                        Ok(job) => job(&argon2),
+                        // The pool is gone: the thread ends.
+                        Err(_) => return,
+                    }
+                }
+            })
+            .map_err(|e| AuthzError::Internal(format!("cannot start a hashing thread: {e}")))?;
+    }
+    Ok(jobs)
+}
+
 /// Hashes and verifies passwords off the runtime, at most `workers` at once.
 /// A login is admitted only if its hash can start within `max_wait`, judged
 /// from the measured hash time and the logins ahead of it (and never more
@@ -41,8 +80,7 @@ impl HashParams {
 /// once, with the expected wait as the time to retry.
 pub struct PasswordHashing {
     params: HashParams,
-    argon2: Argon2<'static>,
-    workers: Arc<Semaphore>,
+    jobs: std::sync::Mutex<mpsc::Sender<Job>>,
     admitted: Arc<Semaphore>,
     queue: Arc<ExpectedWait>,
     max_wait: Duration,
@@ -77,8 +115,7 @@ impl PasswordHashing {
         };
         Ok(PasswordHashing {
             params,
-            argon2,
-            workers: Arc::new(Semaphore::new(workers)),
+            jobs: std::sync::Mutex::new(hashing_threads(workers, &argon2)?),
             admitted: Arc::new(Semaphore::new(workers + queue)),
             queue: ExpectedWait::new(workers, started.elapsed()),
             max_wait,
@@ -124,20 +161,19 @@ impl PasswordHashing {
         slot: HashSlot,
         work: impl FnOnce(&Argon2<'static>) -> T + Send + 'static,
     ) -> Result<T, AuthzError> {
-        let _worker = self
-            .workers
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| AuthzError::Unavailable("password hashing is shutting down".into()))?;
-        let argon2 = self.argon2.clone();
-        let (result, took) = tokio::task::spawn_blocking(move || {
+        let (done, answer) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |argon2| {
             let started = Instant::now();
-            let result = work(&argon2);
-            (result, started.elapsed())
-        })
-        .await
-        .map_err(|e| AuthzError::Internal(format!("password hashing task failed: {e}")))?;
+            let result = work(argon2);
+            let _ = done.send((result, started.elapsed()));
+        });
+        let gone = || AuthzError::Unavailable("password hashing is shutting down".into());
+        self.jobs
+            .lock()
+            .map_err(|_| gone())?
+            .send(job)
+            .map_err(|_| gone())?;
+        let (result, took) = answer.await.map_err(|_| gone())?;
         slot.ticket.served(took);
         Ok(result)
     }

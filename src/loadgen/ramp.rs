@@ -208,12 +208,17 @@ fn action(rng: &mut ChaCha8Rng) -> Action {
 
 /// Logs in, retrying shed attempts after the server's RetryInfo.
 async fn login(
+    vu: usize,
     client: &mut AuthorizationServiceClient<Channel>,
     email: &str,
     ramp: &Ramp,
 ) -> Result<String, Code> {
     let given_up = Instant::now() + LOGIN_PATIENCE;
     loop {
+        // A user the ramp no longer wants stops trying (not an error).
+        if vu >= ramp.target.load(Ordering::Acquire) {
+            return Err(Code::Cancelled);
+        }
         let started = Instant::now();
         let mut request = tonic::Request::new(proto::AuthenticateRequest {
             credentials: Some(Credentials::Password(proto::PasswordCredentials {
@@ -266,7 +271,7 @@ async fn virtual_user(vu: usize, ramp: Arc<Ramp>) {
         }
     };
     let token = match ramp.logins {
-        true => match login(&mut client, &email, &ramp).await {
+        true => match login(vu, &mut client, &email, &ramp).await {
             Ok(token) => Some(token),
             Err(_) => return,
         },

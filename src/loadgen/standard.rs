@@ -234,7 +234,10 @@ async fn server_counters(ops: &str) -> BTreeMap<String, String> {
 
 /// Starts `velro-authz serve` on free loopback ports with the run's
 /// database and shared tiers; returns the child, its gRPC and ops addresses.
-fn start_server(options: &StandardOptions, url: &str) -> Result<(Child, String, String), LoadError> {
+fn start_server(
+    options: &StandardOptions,
+    url: &str,
+) -> Result<(Child, String, String), LoadError> {
     let (grpc, ops) = (free_port()?, free_port()?);
     let addr = format!("127.0.0.1:{grpc}");
     let mut command = Command::new(&options.server_bin);

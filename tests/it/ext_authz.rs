@@ -24,8 +24,8 @@ use crate::common::{
 
 /// The HTTP status, the headers added (and removed) of an answer.
 #[derive(Debug)]
-struct Answer {
-    status: u16,
+pub(crate) struct Answer {
+    pub status: u16,
     added: HashMap<String, String>,
     removed: Vec<String>,
     body: String,
@@ -62,7 +62,7 @@ fn read(response: CheckResponse) -> Answer {
     }
 }
 
-fn check(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
+pub(crate) fn check(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
     let socket = SocketAddress {
         address: "198.51.100.7".into(),
         ..Default::default()
@@ -93,7 +93,7 @@ fn check(method: &str, path: &str, headers: &[(&str, &str)]) -> CheckRequest {
     }
 }
 
-async fn ask(w: &AuthWorld, request: CheckRequest) -> Answer {
+pub(crate) async fn ask(w: &AuthWorld, request: CheckRequest) -> Answer {
     let mut client = AuthorizationClient::new(w.server.channel.clone());
     let response = client
         .check(request)

@@ -5,6 +5,7 @@
 mod common;
 
 mod audit;
+mod audit_trail;
 mod auth;
 mod bad_input;
 mod batch;
@@ -15,6 +16,7 @@ mod ext_authz;
 mod inheritance;
 mod invalidation;
 mod loadgen;
+mod logins;
 mod media_urls;
 mod overload;
 mod rate_limit;
