@@ -8,6 +8,7 @@ use std::sync::{
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 
 use crate::{
+    auth::keys::KeyRing,
     cache::freshness::Freshness,
     support::{breaker::Breaker, metrics::Metrics, saturation::Saturation},
 };
@@ -58,15 +59,15 @@ struct Ops {
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     dependencies: Dependencies,
-    jwks: Arc<serde_json::Value>,
+    keys: Arc<KeyRing>,
 }
 
-/// `jwks` is the JSON Web Key Set of the token signing keys (fixed at start-up).
+/// `keys`: the token keys in force, served as a JSON Web Key Set.
 pub fn router(
     metrics: Arc<Metrics>,
     readiness: Arc<Readiness>,
     dependencies: Dependencies,
-    jwks: Arc<serde_json::Value>,
+    keys: Arc<KeyRing>,
 ) -> Router {
     Router::new()
         .route("/metrics", get(metrics_text))
@@ -77,7 +78,7 @@ pub fn router(
             metrics,
             readiness,
             dependencies,
-            jwks,
+            keys,
         })
 }
 
@@ -88,7 +89,7 @@ async fn jwks_json(State(ops): State<Ops>) -> impl IntoResponse {
             ("content-type", "application/json"),
             ("cache-control", "public, max-age=300"),
         ],
-        ops.jwks.to_string(),
+        ops.keys.current().jwks().to_string(),
     )
 }
 

@@ -31,7 +31,9 @@ use crate::{
 };
 
 /// Change-log entries a starting replica reads to judge shared-tier entries.
-const RECENT_CHANGES: i64 = 100_000;
+const RECENT_CHANGES: i64 = crate::app::config::KEEP_CHANGES;
+/// How often a replica reports how far it has read the change log.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long the database breaker stays open before a request probes.
 const DATABASE_COOL_OFF: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often idle principals are dropped from the in-process limiters.
@@ -122,6 +124,11 @@ pub async fn assemble(
         store.clone(),
         settings.change_poll.0,
     )));
+    background.push(tokio::spawn(housekeeping(
+        settings.clone(),
+        store.clone(),
+        freshness.clone(),
+    )));
     let (audit, audit_writer) =
         AuditLog::start(&settings.audit, store.clone(), metrics.clone(), stop)
             .map_err(AuthzError::invalid)?;
@@ -175,4 +182,27 @@ pub async fn assemble(
         background,
         audit_writer,
     })
+}
+
+/// Reports this replica's place in the change log, and prunes on schedule
+/// (one replica at a time; the others find the lock taken and skip).
+async fn housekeeping(settings: Settings, store: Arc<dyn Store>, freshness: Arc<Freshness>) {
+    let replica = uuid::Uuid::new_v4().to_string();
+    let prune_every = settings.prune_every.0;
+    let mut next_prune = tokio::time::Instant::now() + prune_every;
+    loop {
+        let now = crate::support::clock::now_ms();
+        if let Err(e) = store.heartbeat(&replica, freshness.applied(), now).await {
+            tracing::debug!("replica heartbeat: {e}");
+        }
+        if !prune_every.is_zero() && tokio::time::Instant::now() >= next_prune {
+            next_prune = tokio::time::Instant::now() + prune_every;
+            match store.prune(&settings.prune_limits(now)).await {
+                Ok(Some(report)) => tracing::info!("{report}"),
+                Ok(None) => tracing::debug!("another replica is pruning"),
+                Err(e) => tracing::warn!("pruning failed: {e}"),
+            }
+        }
+        tokio::time::sleep(HEARTBEAT.min(prune_every.max(HEARTBEAT))).await;
+    }
 }

@@ -8,7 +8,7 @@ use crate::auth::{
     AfterLogin, AuthConfig, Authenticator,
     events::SecurityEvents,
     jwt::TokenService,
-    keys::SigningKeys,
+    keys::KeyRing,
     password::PasswordHashing,
     throttle::{Throttle, ThrottlePolicy},
 };
@@ -21,8 +21,11 @@ pub async fn authenticator(
     after_login: Option<AfterLogin>,
     audit: Option<Arc<AuditLog>>,
 ) -> Result<Arc<Authenticator>, AuthzError> {
-    let keys = Arc::new(SigningKeys::load(&settings.signing_keys)?);
-    if keys.ephemeral {
+    let keys = Arc::new(KeyRing::load(
+        &settings.signing_keys,
+        &settings.verify_keys,
+    )?);
+    if keys.current().ephemeral {
         tracing::warn!(
             "no signing_keys configured: tokens are signed with a throw-away key and die with this \
              process (make one with `velro-authz keys generate`)"

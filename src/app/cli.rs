@@ -3,6 +3,7 @@
 
 use std::process::ExitCode;
 
+use crate::app::output::say;
 use crate::{
     app::{commands, config::Settings, server},
     error::AuthzError,
@@ -61,6 +62,11 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         since_ms: i64,
     },
+    /// Prune the change log (below what every live replica has read), audit
+    /// events older than `audit_retention`, ended sessions, expired refresh
+    /// tokens and expired database-tier rows; what a server does every
+    /// `prune_every`.
+    Prune,
     /// Generate the reference workload into an empty database and print ids to try.
     Seed {
         /// Multiplies every count of the reference workload (1 = 10,000 users).
@@ -164,23 +170,23 @@ async fn run_admin(settings: &Settings, command: Command) -> Result<(), AuthzErr
         Command::User(UserCommand::Add { email }) => {
             let password = commands::read_password()?;
             let id = commands::add_user(settings, &email, password).await?;
-            println!("added user {id} ({email})");
+            say!("added user {id} ({email})");
         }
         Command::User(UserCommand::Disable { email }) => {
             let id = commands::set_disabled(settings, &email, true).await?;
-            println!("disabled user {id} ({email}); their sessions have ended");
+            say!("disabled user {id} ({email}); their sessions have ended");
         }
         Command::User(UserCommand::Enable { email }) => {
             let id = commands::set_disabled(settings, &email, false).await?;
-            println!("enabled user {id} ({email})");
+            say!("enabled user {id} ({email})");
         }
         Command::Session(SessionCommand::Revoke { session, user }) => {
             let n = commands::revoke(settings, session, user).await?;
-            println!("revoked {n} session(s)");
+            say!("revoked {n} session(s)");
         }
         Command::Keys(KeysCommand::Generate { out }) => {
             commands::generate_key(&out)?;
-            println!(
+            say!(
                 "wrote a new Ed25519 signing key to {}; add it to signing_keys",
                 out.display()
             );
@@ -198,7 +204,7 @@ async fn run_admin(settings: &Settings, command: Command) -> Result<(), AuthzErr
                 ip,
                 lifetime.map(|l| l.0),
             )?;
-            println!("{}", signed.url);
+            say!("{}", signed.url);
             eprintln!(
                 "key {}, expires at {} (unix seconds)",
                 signed.key_id, signed.expires_at
@@ -206,9 +212,11 @@ async fn run_admin(settings: &Settings, command: Command) -> Result<(), AuthzErr
         }
         Command::MediaUrl(MediaUrlCommand::Verify { url, ip }) => {
             let verified = commands::verify_media_url(settings, &url, ip)?;
-            println!(
+            say!(
                 "valid: read of media {} ({}) until {} (unix seconds)",
-                verified.media_id, verified.object_key, verified.expires_at
+                verified.media_id,
+                verified.object_key,
+                verified.expires_at
             );
         }
         Command::KillSwitch(command) => kill_switch(settings, command).await?,
@@ -220,7 +228,7 @@ async fn run_admin(settings: &Settings, command: Command) -> Result<(), AuthzErr
         } => {
             for event in commands::query_audit(settings, subject, resource, limit, since_ms).await?
             {
-                println!("{event}");
+                say!("{event}");
             }
         }
         _ => {}
@@ -241,7 +249,7 @@ async fn kill_switch(settings: &Settings, command: KillSwitchCommand) -> Result<
         KillSwitchCommand::List => commands::list_kill_switches(settings).await?,
     };
     for line in lines {
-        println!("{line}");
+        say!("{line}");
     }
     Ok(())
 }
@@ -284,6 +292,7 @@ pub fn main() -> ExitCode {
             Command::Serve => server::serve(&settings).await,
             Command::Migrate => commands::migrate(&settings).await,
             Command::Config => commands::print_config(&settings),
+            Command::Prune => commands::prune(&settings).await,
             Command::Seed { scale, seed } => commands::seed_workload(&settings, scale, seed).await,
             other => run_admin(&settings, other).await,
         }

@@ -6,6 +6,7 @@ use std::{io::BufRead, net::IpAddr, path::Path, sync::Arc, time::Duration};
 
 use uuid::Uuid;
 
+use crate::app::output::say;
 use crate::{
     app::{config::Settings, demo},
     auth::{keys, password::PasswordHashing},
@@ -13,7 +14,7 @@ use crate::{
     layers::media_access::signer::{SignedUrl, UrlSigner, Verified},
     model::workload,
     store::{self, Store},
-    support::clock::now_unix,
+    support::{clock::now_unix, secrets::redact_url},
 };
 
 /// A command hashes one password at a time and may wait for it.
@@ -250,6 +251,8 @@ pub fn print_config(settings: &Settings) -> Result<(), AuthzError> {
         }
     };
     hide(&mut shown.admin_token);
+    shown.database_url = redact_url(&shown.database_url);
+    shown.redis_url = shown.redis_url.as_deref().map(redact_url);
     for issuer in &mut shown.external_issuers {
         hide(&mut issuer.hs256_secret);
     }
@@ -258,7 +261,7 @@ pub fn print_config(settings: &Settings) -> Result<(), AuthzError> {
     }
     let text = toml::to_string(&shown)
         .map_err(|e| AuthzError::Internal(format!("cannot print settings: {e}")))?;
-    print!("{text}");
+    say!("{}", text.trim_end());
     Ok(())
 }
 
@@ -267,7 +270,7 @@ pub async fn migrate(settings: &Settings) -> Result<(), AuthzError> {
     let store = store::connect(&settings.database_url, &settings.pool()).await?;
     store.migrate().await?;
     store.close().await;
-    println!(
+    say!(
         "migrations applied to {}",
         store::redact(&settings.database_url)
     );
@@ -298,7 +301,7 @@ pub async fn seed_workload(settings: &Settings, scale: f64, seed: u64) -> Result
     data.password_hash = Some(hashing.hash(workload::WORKLOAD_PASSWORD.to_owned()).await?);
     store.insert_dataset(&data).await?;
     store.close().await;
-    println!(
+    say!(
         "seeded {} users, {} teams, {} memberships, {} projects, {} generations, {} media (scale {scale}, seed {seed})",
         data.users.len(),
         data.teams.len(),
@@ -309,21 +312,34 @@ pub async fn seed_workload(settings: &Settings, scale: f64, seed: u64) -> Result
     );
     for example in demo::examples(&data) {
         let expect = if example.allow { "ALLOW" } else { "DENY" };
-        println!(
+        say!(
             "\n# expect {expect}\n{}",
             demo::grpcurl(&example.query, settings.listen.port())
         );
     }
-    println!("\nevery user's password: {}", workload::WORKLOAD_PASSWORD);
-    println!("\nsome ids:");
+    say!("\nevery user's password: {}", workload::WORKLOAD_PASSWORD);
+    say!("\nsome ids:");
     for user in data.users.iter().take(3) {
-        println!("  user {} ({})", user.id, user.email);
+        say!("  user {} ({})", user.id, user.email);
     }
     for project in data.projects.iter().take(3) {
-        println!("  project {} ({})", project.id, project.visibility.as_str());
+        say!("  project {} ({})", project.id, project.visibility.as_str());
     }
     for generation in data.generations.iter().take(3) {
-        println!("  generation {}", generation.id);
+        say!("  generation {}", generation.id);
+    }
+    Ok(())
+}
+
+/// Prunes once and prints what went.
+pub async fn prune(settings: &Settings) -> Result<(), AuthzError> {
+    let store = open(settings).await?;
+    let limits = settings.prune_limits(crate::support::clock::now_ms());
+    let report = store.prune(&limits).await;
+    store.close().await;
+    match report? {
+        Some(report) => say!("{report}"),
+        None => say!("another replica is pruning right now; nothing done"),
     }
     Ok(())
 }

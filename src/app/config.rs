@@ -9,6 +9,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::{api::transport::connections::ConnectionLimits, support::duration::HumanDuration};
 
+/// A replica silent this long no longer holds the change log back.
+const REPLICA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
+/// The newest change-log entries never pruned: what a starting replica
+/// reads to judge shared-tier entries.
+pub const KEEP_CHANGES: i64 = 100_000;
+/// Revoked sessions stay this long for investigations.
+const ENDED_SESSION_GRACE: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
+
 /// File descriptors kept out of the gRPC port's connection bound.
 const FILES_KEPT: usize = 1_000;
 /// An ops connection (HTTP/1 keep-alive) idle this long is closed.
@@ -43,6 +51,7 @@ pub struct Settings {
 
     /// Database URL: sqlite://FILE (embedded, created if missing) or postgres://….
     #[arg(
+        hide_env_values = true,
         long,
         env = "VELRO_DATABASE_URL",
         default_value = "sqlite://velro-authz.db",
@@ -92,7 +101,7 @@ pub struct Settings {
 
     /// Redis URL for the shared cache tier (e.g. redis://127.0.0.1:6379);
     /// none: in-process tier only.
-    #[arg(long, env = "VELRO_REDIS_URL", global = true)]
+    #[arg(hide_env_values = true, long, env = "VELRO_REDIS_URL", global = true)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
 
@@ -316,6 +325,17 @@ pub struct Settings {
     #[serde(default)]
     pub signing_keys: Vec<PathBuf>,
 
+    /// Ed25519 PEM key files that verify tokens but never sign: how a new
+    /// key reaches every replica before any of them signs with it.
+    #[arg(
+        long = "verify-key",
+        env = "VELRO_VERIFY_KEYS",
+        value_delimiter = ',',
+        global = true
+    )]
+    #[serde(default)]
+    pub verify_keys: Vec<PathBuf>,
+
     /// argon2id memory cost in KiB (OWASP: 19456).
     #[arg(
         long,
@@ -408,6 +428,21 @@ pub struct Settings {
     )]
     pub login_max_delay: HumanDuration,
 
+    /// How often a replica prunes the change log, old audit events, ended
+    /// sessions and expired cache rows (one replica at a time); 0s: never
+    /// (`velro-authz prune` does it by hand).
+    #[arg(long, env = "VELRO_PRUNE_EVERY", default_value = "1h", global = true)]
+    pub prune_every: HumanDuration,
+
+    /// Audit events older than this are pruned; 0s keeps them forever.
+    #[arg(
+        long,
+        env = "VELRO_AUDIT_RETENTION",
+        default_value = "90d",
+        global = true
+    )]
+    pub audit_retention: HumanDuration,
+
     /// Verified tokens kept in memory.
     #[arg(
         long,
@@ -428,7 +463,7 @@ pub struct Settings {
     pub token_cache_ttl: HumanDuration,
 
     /// Secret the admin RPCs require in `x-velro-admin-token`; unset disables them.
-    #[arg(long, env = "VELRO_ADMIN_TOKEN", global = true)]
+    #[arg(hide_env_values = true, long, env = "VELRO_ADMIN_TOKEN", global = true)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<String>,
 
@@ -559,6 +594,17 @@ impl Settings {
             idle_timeout: OPS_IDLE,
             stuck_timeout: OPS_IDLE,
             max_pending_bytes: usize::MAX,
+        }
+    }
+
+    /// What a prune keeps, as of `now_ms`.
+    pub fn prune_limits(&self, now_ms: i64) -> crate::store::retention::PruneLimits {
+        crate::store::retention::PruneLimits {
+            now_ms,
+            audit_retention_ms: self.audit_retention.0.as_millis() as i64,
+            replica_timeout_ms: REPLICA_TIMEOUT.as_millis() as i64,
+            keep_changes: KEEP_CHANGES,
+            ended_session_grace_s: ENDED_SESSION_GRACE.as_secs() as i64,
         }
     }
 

@@ -7,5 +7,6 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod demo;
+pub mod output;
 pub mod server;
 pub mod stack;

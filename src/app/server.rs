@@ -31,6 +31,7 @@ use crate::{
         config::Settings,
         demo,
     },
+    auth::keys::KeyRing,
     cache::warming::Warmer,
     error::AuthzError,
     proto::{self, authorization_service_server::AuthorizationServiceServer},
@@ -105,7 +106,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         Some(audit.clone()),
     )
     .await?;
-    let jwks = Arc::new(auth.tokens().keys().jwks());
+    let keys = auth.tokens().keys().clone();
 
     let grpc_listener = TcpListener::bind(settings.listen)
         .await
@@ -225,7 +226,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
     };
     let ops = axum::serve(
         BoundedListener::new(ops_listener, ops_connections, false),
-        ops::router(metrics, readiness.clone(), health_checks, jwks),
+        ops::router(metrics, readiness.clone(), health_checks, keys.clone()),
     )
     .with_graceful_shutdown(stopped(stop_rx));
 
@@ -243,10 +244,12 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         tokio::time::sleep(drain_delay).await;
         let _ = stop_tx.send(true);
     };
+    let key_watch = tokio::spawn(watch_keys(keys));
     let task = tokio::spawn(async move {
         let cut_off = tokio::spawn(cut_off);
         let (grpc, ops, ()) = tokio::join!(grpc, ops, drainer);
         cut_off.abort();
+        key_watch.abort();
         for task in background {
             task.abort();
         }
@@ -265,6 +268,39 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         drain: Some(drain_tx),
         task,
     })
+}
+
+/// How often the key files are looked at for changes.
+const KEY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Reloads the signing keys when their files change, or on SIGHUP.
+async fn watch_keys(keys: Arc<KeyRing>) {
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        {
+            let signal = async {
+                match hangup.as_mut() {
+                    Some(h) => h.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = signal => {
+                    tracing::info!("SIGHUP: reading the signing keys again");
+                    if let Err(e) = keys.reload() {
+                        tracing::error!("signing keys not reloaded (the old ones stay in force): {e}");
+                    }
+                    continue;
+                }
+                _ = tokio::time::sleep(KEY_POLL) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        tokio::time::sleep(KEY_POLL).await;
+        keys.reload_if_changed();
+    }
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

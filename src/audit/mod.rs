@@ -111,6 +111,7 @@ impl AuditLog {
                 replay_every: config.replay_every.0,
                 fsync_every: config.fsync_interval.0,
                 outage: false,
+                outage_announced: false,
                 metrics,
             }
             .run(stop),

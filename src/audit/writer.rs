@@ -86,6 +86,8 @@ pub struct Writer {
     /// The database is unreachable: events go straight to the spill file
     /// until a replay gets through.
     pub outage: bool,
+    /// The outage was logged (once, until the database is back).
+    pub outage_announced: bool,
     pub metrics: Arc<Metrics>,
 }
 
@@ -330,6 +332,7 @@ impl Writer {
         // the database and not counted again.
         let replayed = self.metrics.ops.audit_written.get() - before;
         self.metrics.ops.audit_replayed.inc_by(replayed);
+        self.outage_announced = false;
         match tokio::fs::remove_file(&path).await {
             Ok(()) => tracing::info!("{replayed} spilled audit events replayed"),
             Err(e) => tracing::error!("cannot remove {}: {e}", path.display()),

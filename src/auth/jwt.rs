@@ -13,7 +13,7 @@ use jsonwebtoken::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::keys::SigningKeys;
+use super::keys::KeyRing;
 use crate::{error::AuthzError, support::duration::HumanDuration};
 
 /// Longest token looked at.
@@ -35,10 +35,18 @@ pub struct ExternalIssuer {
     pub hs256_secret: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<PathBuf>,
+    /// The longest lifetime (`exp - iat`) accepted from this issuer; a
+    /// token without `iat` may not expire later than this from now.
+    #[serde(default = "default_max_lifetime")]
+    pub max_token_lifetime: HumanDuration,
 }
 
 fn default_leeway() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(30))
+}
+
+fn default_max_lifetime() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(24 * 3600))
 }
 
 /// The claims of the tokens we issue.
@@ -62,10 +70,12 @@ pub struct VerifiedClaims {
     #[serde(default)]
     pub sid: Option<String>,
     pub exp: u64,
+    #[serde(default)]
+    pub iat: Option<u64>,
 }
 
 enum IssuerKeys {
-    Own(Arc<SigningKeys>),
+    Own(Arc<KeyRing>),
     Secret(DecodingKey),
     Jwks(JwkSet),
 }
@@ -76,6 +86,8 @@ struct Issuer {
     algorithms: Vec<Algorithm>,
     leeway: u64,
     keys: IssuerKeys,
+    /// Seconds; `None` for our own tokens (we issue them).
+    max_lifetime: Option<u64>,
 }
 
 fn unauthenticated(message: impl Into<String>) -> AuthzError {
@@ -123,6 +135,7 @@ impl Issuer {
             algorithms,
             leeway: config.leeway.0.as_secs(),
             keys,
+            max_lifetime: Some(config.max_token_lifetime.0.as_secs()),
         })
     }
 
@@ -130,7 +143,8 @@ impl Issuer {
         match &self.keys {
             IssuerKeys::Own(keys) => {
                 let kid = kid.ok_or_else(|| unauthenticated("the token has no key id (kid)"))?;
-                keys.find(kid)
+                keys.current()
+                    .find(kid)
                     .map(|k| k.decoding.clone())
                     .ok_or_else(|| unauthenticated("the token's key id (kid) is not one of ours"))
             }
@@ -155,7 +169,7 @@ impl Issuer {
 pub struct TokenService {
     own: Issuer,
     external: Vec<Issuer>,
-    keys: Arc<SigningKeys>,
+    keys: Arc<KeyRing>,
     ttl: u64,
 }
 
@@ -175,7 +189,7 @@ fn describe(kind: &ErrorKind) -> String {
 
 impl TokenService {
     pub fn new(
-        keys: Arc<SigningKeys>,
+        keys: Arc<KeyRing>,
         issuer: &str,
         audience: &str,
         leeway: u64,
@@ -189,6 +203,7 @@ impl TokenService {
                 algorithms: vec![Algorithm::EdDSA],
                 leeway,
                 keys: IssuerKeys::Own(keys.clone()),
+                max_lifetime: None,
             },
             external: external
                 .iter()
@@ -199,13 +214,14 @@ impl TokenService {
         })
     }
 
-    pub fn keys(&self) -> &SigningKeys {
+    pub fn keys(&self) -> &Arc<KeyRing> {
         &self.keys
     }
 
     /// A new access token for `user` in `session`; returns it and its expiry.
     pub fn issue(&self, user: Uuid, session: Uuid, now: u64) -> Result<(String, u64), AuthzError> {
-        let key = self.keys.current()?;
+        let keys = self.keys.current();
+        let key = keys.current()?;
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.kid.clone());
         let exp = now + self.ttl;
@@ -275,6 +291,16 @@ impl TokenService {
             .claims;
         if own && claims.sid.is_none() {
             return Err(unauthenticated("the token has no session (sid)"));
+        }
+        if let Some(max) = issuer.max_lifetime {
+            let from = claims.iat.unwrap_or_else(crate::support::clock::now_unix);
+            let lifetime = claims.exp.saturating_sub(from);
+            if lifetime > max + issuer.leeway {
+                return Err(unauthenticated(format!(
+                    "the token lives {lifetime} s; this issuer's tokens may live at most {max} s \
+                     (setting max_token_lifetime)"
+                )));
+            }
         }
         Ok(claims)
     }

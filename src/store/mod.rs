@@ -4,6 +4,7 @@
 pub mod audit_event;
 pub mod auth;
 pub mod control;
+pub mod retention;
 mod sql;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
@@ -68,7 +69,9 @@ pub enum Chain {
 pub type ChangeRow = (i64, String, Option<String>, Option<String>, Option<String>);
 
 #[tonic::async_trait]
-pub trait Store: auth::AuthStore + control::ControlStore + Send + Sync {
+pub trait Store:
+    auth::AuthStore + control::ControlStore + retention::RetentionStore + Send + Sync
+{
     fn backend(&self) -> Backend;
 
     /// Applies the migrations of this backend's dialect.
@@ -170,16 +173,7 @@ pub async fn connect(url: &str, pool: &PoolConfig) -> Result<Arc<dyn Store>, Aut
     }
 }
 
-/// The URL without its password, for messages and logs.
+/// The URL without its secrets, for messages and logs.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
+    crate::support::secrets::redact_url(url)
 }

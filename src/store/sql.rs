@@ -405,6 +405,13 @@ macro_rules! sql_store {
 super::auth::auth_store!(PgStore, |id: Uuid| id);
 super::auth::auth_store!(SqliteStore, |id: Uuid| id.hyphenated().to_string());
 super::control::control_store!(PgStore, sqlx::Postgres, |id: Uuid| id);
+// One prune at a time across replicas: a session-level advisory lock.
+super::retention::retention_store!(
+    PgStore,
+    "SELECT pg_try_advisory_lock(7355608)",
+    "SELECT pg_advisory_unlock(7355608)"
+);
+super::retention::retention_store!(SqliteStore, "SELECT TRUE", "SELECT TRUE");
 super::control::control_store!(SqliteStore, sqlx::Sqlite, |id: Uuid| id
     .hyphenated()
     .to_string());

@@ -1,4 +1,4 @@
-//! Durations as written in settings: `250ms`, `5s`, `2m`, `1h`.
+//! Durations as written in settings: `250ms`, `5s`, `2m`, `1h`, `90d`.
 
 use std::{fmt, str::FromStr, time::Duration};
 
@@ -25,7 +25,8 @@ impl FromStr for HumanDuration {
             "s" => Duration::from_secs(n),
             "m" => Duration::from_secs(n * 60),
             "h" => Duration::from_secs(n * 3600),
-            _ => return Err(format!("{text:?} needs a unit: ms, s, m or h")),
+            "d" => Duration::from_secs(n * 86_400),
+            _ => return Err(format!("{text:?} needs a unit: ms, s, m, h or d")),
         };
         Ok(HumanDuration(duration))
     }
@@ -62,7 +63,7 @@ mod tests {
 
     #[test]
     fn durations_round_trip() {
-        for text in ["250ms", "5s", "2m", "1h"] {
+        for text in ["250ms", "5s", "2m", "1h", "90d"] {
             let d: HumanDuration = text.parse().unwrap_or_else(|e| panic!("{e}"));
             assert!(!d.to_string().is_empty());
         }

@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod percent;
 pub mod redis_conn;
 pub mod saturation;
+pub mod secrets;

@@ -222,3 +222,74 @@ async fn kill_switches_and_audit_from_the_command_line() {
     assert!(!ok && text.contains("give subject"), "{text}");
     server.stop().await;
 }
+
+/// Secrets never print: `config`, `--help`, `migrate` and the errors of a
+/// database that cannot be reached show URLs and tokens masked.
+#[tokio::test]
+async fn secrets_never_print() {
+    let secrets = ["hunter2", "hunter3", "hunter4", "hunter5"];
+    let env = [
+        (
+            "VELRO_DATABASE_URL",
+            "postgres://app:hunter2@127.0.0.1:1/velro?sslmode=disable&password=hunter3",
+        ),
+        ("VELRO_REDIS_URL", "redis://:hunter4@127.0.0.1:6379"),
+        ("VELRO_ADMIN_TOKEN", "hunter5"),
+    ];
+    let clean = |what: &str, text: &str| {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{what} printed {secret}: {text}");
+        }
+    };
+    let (ok, text) = velro(&["config"], &env);
+    assert!(ok, "{text}");
+    clean("config", &text);
+    assert!(
+        text.contains("postgres://app:***@127.0.0.1:1/velro?sslmode=disable&password=***"),
+        "{text}"
+    );
+    assert!(text.contains("redis://:***@127.0.0.1:6379"), "{text}");
+    let (ok, text) = velro(&["--help"], &env);
+    assert!(ok, "{text}");
+    clean("--help", &text);
+    // An unreachable database: the error names it, masked.
+    let (ok, text) = velro(&["migrate"], &env);
+    assert!(!ok, "{text}");
+    clean("a failed migrate", &text);
+    assert!(text.contains("app:***@127.0.0.1:1"), "{text}");
+    // A reachable one, with a password the server ignores (trust).
+    let db = TestDb::create(Db::Postgres).await;
+    let url = db
+        .url
+        .replacen("postgres://postgres@", "postgres://postgres:hunter2@", 1);
+    let url = format!("{url}?password=hunter3");
+    let (ok, text) = velro(&["migrate", "--database-url", &url], &[]);
+    assert!(ok, "{text}");
+    clean("migrate", &text);
+    assert!(
+        text.contains("migrations applied to postgres://postgres:***@"),
+        "{text}"
+    );
+}
+
+/// A reader that closes early (`| head -1`) ends the command quietly.
+#[tokio::test]
+async fn a_closed_stdout_is_not_a_panic() {
+    use std::io::{BufRead, BufReader};
+    let db = TestDb::create(Db::Sqlite).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_velro-authz"))
+        .args(["seed", "--scale", "0.01", "--database-url", &db.url])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first).unwrap();
+    assert!(first.starts_with("seeded"), "{first}");
+    // The reader is gone now.
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "{:?} {stderr}", out.status);
+}

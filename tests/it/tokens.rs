@@ -192,6 +192,27 @@ async fn hostile_tokens_are_unauthenticated() {
     assert!(principal.session_id.is_empty());
     let e = w.verify(&external("another secret")).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
+    // A token that would live ten years is refused (max_token_lifetime).
+    for body in [
+        json!({"iss": EXTERNAL_ISSUER, "aud": EXTERNAL_AUDIENCE, "sub": w.world.owner.to_string(),
+            "iat": now, "exp": now + 10 * 365 * 86_400}),
+        json!({"iss": EXTERNAL_ISSUER, "aud": EXTERNAL_AUDIENCE, "sub": w.world.owner.to_string(),
+            "exp": now + 10 * 365 * 86_400}),
+    ] {
+        let token = encode(
+            &Header::new(Algorithm::HS256),
+            &body,
+            &EncodingKey::from_secret(EXTERNAL_SECRET.as_bytes()),
+        )
+        .unwrap();
+        let e = w.verify(&token).await.unwrap_err();
+        assert_eq!(e.code(), Code::Unauthenticated);
+        assert!(
+            e.message().contains("max_token_lifetime"),
+            "{}",
+            e.message()
+        );
+    }
     // EdDSA is not accepted for the HS256 issuer.
     let body = json!({"iss": EXTERNAL_ISSUER, "aud": EXTERNAL_AUDIENCE, "sub": w.world.owner.to_string(), "exp": now + 600});
     assert_eq!(
@@ -229,6 +250,9 @@ async fn an_es256_issuer_from_a_jwks_file() {
                 ),
                 hs256_secret: None,
                 jwks_file: Some(jwks_file.clone()),
+                max_token_lifetime: velro_authz::support::duration::HumanDuration(
+                    std::time::Duration::from_secs(3600),
+                ),
             })
     })
     .await;

@@ -71,6 +71,27 @@ impl AuthWorld {
         .await
     }
 
+    /// A password login on another replica of the same database.
+    pub async fn login_on(
+        &self,
+        server: &TestServer,
+        user: Uuid,
+        password: &str,
+    ) -> Result<proto::AuthenticateResponse, Status> {
+        server
+            .client
+            .clone()
+            .authenticate(proto::AuthenticateRequest {
+                credentials: Some(Credentials::Password(proto::PasswordCredentials {
+                    email: self.email(user),
+                    password: password.into(),
+                })),
+                context: None,
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
     /// A successful login's token pair.
     pub async fn tokens(&self, user: Uuid) -> proto::TokenPair {
         self.login(user, PASSWORD)
@@ -113,6 +134,7 @@ pub fn external_issuer() -> ExternalIssuer {
         leeway: HumanDuration(std::time::Duration::from_secs(30)),
         hs256_secret: Some(EXTERNAL_SECRET.into()),
         jwks_file: None,
+        max_token_lifetime: HumanDuration(std::time::Duration::from_secs(24 * 3600)),
     }
 }
 

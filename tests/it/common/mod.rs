@@ -100,6 +100,31 @@ impl TestDb {
         store
     }
 
+    /// The one number a query returns (e.g. a COUNT).
+    pub async fn number(&self, sql: &str) -> i64 {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match self.kind {
+            Db::Postgres => {
+                let mut conn = sqlx::PgConnection::connect(&self.url)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"))
+            }
+            Db::Sqlite => {
+                let mut conn = sqlx::SqliteConnection::connect(&self.url)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"));
+                sqlx::query_scalar(sql)
+                    .fetch_one(&mut conn)
+                    .await
+                    .unwrap_or_else(|e| panic!("{e}"))
+            }
+        }
+    }
+
     /// Runs raw SQL against this database (as an application writer would).
     pub async fn execute(&self, sql: &str) {
         match self.kind {
