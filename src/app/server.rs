@@ -97,7 +97,12 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
     } = assemble(settings, store.clone(), metrics.clone(), stop_rx.clone()).await?;
 
     // Predictive warming after each login or first use of a token.
-    let warmer = Arc::new(Warmer::new(engine.clone(), cache.clone(), metrics.clone()));
+    let warmer = Arc::new(Warmer::new(
+        engine.clone(),
+        cache.clone(),
+        metrics.clone(),
+        saturation.clone(),
+    ));
     let after_login = Arc::new(move |user| warmer.warm(user));
     let auth = auth_setup::authenticator(
         settings,

@@ -2,7 +2,9 @@
 //! user most likely needs next (their teams' and own projects, their latest
 //! generations) are computed into the cache tiers in the background, so the
 //! first requests after login hit. Bounded: a few warm-ups at a time, a
-//! limited number of sets each; when busy, warming is skipped.
+//! limited number of sets each. Warming yields: it starts a little after
+//! the login it follows (whose answer goes first), and it stops, or never
+//! starts, while the runtime lags (decisions and logins come first).
 
 use std::sync::Arc;
 
@@ -14,27 +16,39 @@ use crate::{
     engine::Engine,
     model::{PermissionKey, ResourceKind, ResourceRef},
     support::metrics::Metrics,
+    support::saturation::Saturation,
 };
 
 /// Sets of each kind prefetched per user.
 const PER_KIND: i64 = 32;
 /// Warm-ups running at once on a replica.
 const AT_ONCE: usize = 2;
+/// How long after the login a warm-up starts.
+const DEFER: std::time::Duration = std::time::Duration::from_millis(50);
+/// A runtime lagging more than this is busy: warming stops.
+const BUSY: std::time::Duration = std::time::Duration::from_millis(10);
 
 pub struct Warmer {
     engine: Arc<Engine>,
     cache: Arc<PermissionCache>,
     metrics: Arc<Metrics>,
     slots: Arc<Semaphore>,
+    saturation: Arc<Saturation>,
 }
 
 impl Warmer {
-    pub fn new(engine: Arc<Engine>, cache: Arc<PermissionCache>, metrics: Arc<Metrics>) -> Warmer {
+    pub fn new(
+        engine: Arc<Engine>,
+        cache: Arc<PermissionCache>,
+        metrics: Arc<Metrics>,
+        saturation: Arc<Saturation>,
+    ) -> Warmer {
         Warmer {
             engine,
             cache,
             metrics,
             slots: Arc::new(Semaphore::new(AT_ONCE)),
+            saturation,
         }
     }
 
@@ -47,6 +61,7 @@ impl Warmer {
         let warmer = self.clone();
         tokio::spawn(async move {
             let _slot = slot;
+            tokio::time::sleep(DEFER).await;
             let targets = match warmer.engine.store().warm_targets(user, PER_KIND).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -55,6 +70,10 @@ impl Warmer {
                 }
             };
             for (kind, id) in targets {
+                if warmer.saturation.lag() > BUSY {
+                    warmer.metrics.record_tier("warming", "skipped");
+                    return;
+                }
                 let (Some(kind), Ok(id)) = (ResourceKind::parse(&kind), Uuid::parse_str(&id))
                 else {
                     continue;
