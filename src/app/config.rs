@@ -7,7 +7,10 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{ArgMatches, Args, parser::ValueSource};
 use serde::{Deserialize, Serialize};
 
-use crate::{api::transport::connections::ConnectionLimits, support::duration::HumanDuration};
+use crate::{
+    api::transport::{connections::ConnectionLimits, tls::TlsFiles},
+    support::duration::HumanDuration,
+};
 
 /// A replica silent this long no longer holds the change log back.
 const REPLICA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
@@ -259,6 +262,24 @@ pub struct Settings {
     )]
     pub max_runtime_lag: HumanDuration,
 
+    /// PEM certificate (chain) for TLS on the gRPC port; with `tls_key`.
+    /// Unset: plaintext (the embedded default, or behind a mesh that
+    /// terminates TLS). Reloaded when the file changes.
+    #[arg(long, env = "VELRO_TLS_CERT", global = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key of `tls_cert`.
+    #[arg(long, env = "VELRO_TLS_KEY", global = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+
+    /// PEM CA bundle: set, every client must present a certificate it
+    /// signed (mutual TLS), and the certificate names the caller.
+    #[arg(long, env = "VELRO_TLS_CLIENT_CA", global = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+
     /// On SIGTERM/SIGINT: how long to report NOT_SERVING before closing listeners.
     #[arg(long, env = "VELRO_DRAIN_DELAY", default_value = "0s", global = true)]
     pub drain_delay: HumanDuration,
@@ -472,6 +493,12 @@ pub struct Settings {
     #[serde(default)]
     pub ext_authz: crate::api::ext_authz::ExtAuthzConfig,
 
+    /// Who may call which RPCs, by certificate identity or preshared key
+    /// (TOML only: `[[callers]]`); empty: every caller may call everything.
+    #[arg(skip)]
+    #[serde(default)]
+    pub callers: Vec<crate::api::transport::callers::CallerConfig>,
+
     /// Layer 4 rules: networks, countries, user agents, sessions (TOML only:
     /// `[security_context]`).
     #[arg(skip)]
@@ -583,6 +610,19 @@ impl Settings {
             idle_timeout: self.idle_timeout.0,
             stuck_timeout: self.stuck_timeout.0,
             max_pending_bytes: self.max_pending_response_bytes,
+        }
+    }
+
+    /// The gRPC port's TLS files, if TLS is on.
+    pub fn tls_files(&self) -> Result<Option<TlsFiles>, String> {
+        match (&self.tls_cert, &self.tls_key) {
+            (None, None) if self.tls_client_ca.is_none() => Ok(None),
+            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: self.tls_client_ca.clone(),
+            })),
+            _ => Err("TLS needs both tls_cert and tls_key (tls_client_ca adds mutual TLS)".into()),
         }
     }
 

@@ -21,8 +21,10 @@ use crate::{
         transport::{
             self,
             admission::Admission,
+            callers::Callers,
             connections::{BoundedListener, Connections},
             deadline::GuardLayer,
+            tls::TlsServer,
         },
     },
     app::{
@@ -79,6 +81,12 @@ fn bind_error(what: &str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> Au
 }
 
 pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
+    // One crypto provider for every TLS user (gRPC, PostgreSQL, Redis).
+    let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+    let tls = match settings.tls_files().map_err(AuthzError::invalid)? {
+        Some(files) => Some(TlsServer::load(files)?),
+        None => None,
+    };
     let store = store::connect(&settings.database_url, &settings.pool()).await?;
     if settings.migrate_on_start {
         store.migrate().await?;
@@ -164,7 +172,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         metrics.clone(),
         settings.max_batch_items,
         settings.admin_token.clone(),
-        audit,
+        audit.clone(),
     ))
     .max_decoding_message_size(settings.max_message_bytes)
     .max_encoding_message_size(max_response_bytes(settings));
@@ -178,6 +186,8 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
     }
     readiness.set(true);
 
+    let callers = Callers::new(&settings.callers, Some(audit), metrics.clone())
+        .map_err(AuthzError::invalid)?;
     let grpc_connections = Connections::new("grpc", settings.grpc_connections(), metrics.clone());
     let ops_connections = Connections::new("ops", settings.ops_connections(), metrics.clone());
     tracing::info!(
@@ -197,6 +207,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
     let grpc = builder
         .layer(transport::stack(
             grpc_connections.clone(),
+            callers,
             admission,
             GuardLayer {
                 server_timeout: settings.request_timeout.0,
@@ -209,7 +220,8 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         .add_service(authz)
         .add_service(ext_authz)
         .serve_with_incoming_shutdown(
-            BoundedListener::new(grpc_listener, grpc_connections.clone(), true).into_stream(),
+            BoundedListener::new(grpc_listener, grpc_connections.clone(), true)
+                .into_stream(tls.clone()),
             stopped(stop_rx.clone()),
         );
     let health_checks = ops::Dependencies {
@@ -249,7 +261,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         tokio::time::sleep(drain_delay).await;
         let _ = stop_tx.send(true);
     };
-    let key_watch = tokio::spawn(watch_keys(keys));
+    let key_watch = tokio::spawn(watch_keys(keys, tls.clone()));
     let task = tokio::spawn(async move {
         let cut_off = tokio::spawn(cut_off);
         let (grpc, ops, ()) = tokio::join!(grpc, ops, drainer);
@@ -266,7 +278,14 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         tracing::info!("stopped");
         Ok(())
     });
-    tracing::info!(%grpc_addr, %ops_addr, database = %store::redact(&settings.database_url), "serving");
+    let wire = match &tls {
+        None => {
+            "plaintext (no tls_cert: for the embedded default or behind a mesh that terminates TLS)"
+        }
+        Some(tls) if tls.mutual() => "mutual TLS",
+        Some(_) => "TLS",
+    };
+    tracing::info!(%grpc_addr, %ops_addr, database = %store::redact(&settings.database_url), wire, "serving");
     Ok(RunningServer {
         grpc_addr,
         ops_addr,
@@ -278,8 +297,9 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
 /// How often the key files are looked at for changes.
 const KEY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Reloads the signing keys when their files change, or on SIGHUP.
-async fn watch_keys(keys: Arc<KeyRing>) {
+/// Reloads the signing keys (and the TLS files) when their files change,
+/// or on SIGHUP.
+async fn watch_keys(keys: Arc<KeyRing>, tls: Option<Arc<TlsServer>>) {
     #[cfg(unix)]
     let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     loop {
@@ -305,6 +325,9 @@ async fn watch_keys(keys: Arc<KeyRing>) {
         #[cfg(not(unix))]
         tokio::time::sleep(KEY_POLL).await;
         keys.reload_if_changed();
+        if let Some(tls) = &tls {
+            tls.reload_if_changed();
+        }
     }
 }
 

@@ -27,4 +27,5 @@ mod rules;
 mod security_context;
 mod service;
 mod shared_tiers;
+mod tls;
 mod tokens;

@@ -20,7 +20,7 @@ use crate::{
     api::{
         authenticate::client_of,
         status::{WireStatus, retry_after_seconds, wire_status},
-        transport::admission::Admission,
+        transport::{admission::Admission, callers::CallerRefused},
         validate,
     },
     auth::Authenticator,
@@ -332,7 +332,10 @@ impl Authorization for ExtAuthzService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let started = Instant::now();
-        let outcome = self.decide(request.get_ref()).await;
+        let outcome = match request.extensions().get::<CallerRefused>() {
+            Some(CallerRefused(refused)) => Err(Deny::from_error(refused)),
+            None => self.decide(request.get_ref()).await,
+        };
         let (code, response) = self.answer(outcome);
         self.metrics
             .record_rpc("ext_authz.Check", status_label(code), started.elapsed());

@@ -29,6 +29,7 @@ use tokio::{
     time::Sleep,
 };
 
+use super::tls::{TlsServer, peer_identity};
 use crate::support::metrics::Metrics;
 
 /// The bounds of one listening port.
@@ -190,6 +191,8 @@ fn micros(d: Duration) -> u64 {
 pub struct ConnInfo {
     pub remote: Option<SocketAddr>,
     pub state: Arc<ConnState>,
+    /// The identity of the client's certificate (mutual TLS).
+    pub peer: Option<Arc<str>>,
 }
 
 /// One port's connections.
@@ -279,7 +282,11 @@ impl Connections {
         let _ = stream.set_nodelay(true);
         GuardedIo {
             stream,
-            info: ConnInfo { remote, state },
+            info: ConnInfo {
+                remote,
+                state,
+                peer: None,
+            },
             timer: Box::pin(tokio::time::sleep(self.limits.handshake_timeout)),
             connections: self.clone(),
             id,
@@ -319,6 +326,9 @@ pub struct BoundedListener {
     last_logged: Option<Instant>,
     unlogged: u64,
 }
+
+/// Connections handed over (handshakes done) but not yet taken by the server.
+const HANDSHAKES: usize = 1024;
 
 /// Accept errors are logged at most this often.
 const LOG_EVERY: Duration = Duration::from_secs(10);
@@ -390,11 +400,39 @@ impl BoundedListener {
         }
     }
 
-    /// The listener as the stream tonic serves from.
-    pub fn into_stream(self) -> impl futures::Stream<Item = io::Result<GuardedIo>> {
-        futures::stream::unfold(self, |mut listener| async move {
-            let io = listener.next().await;
-            Some((Ok(io), listener))
+    /// The listener as the stream tonic serves from: plaintext, or TLS
+    /// (handshakes run concurrently, each within the handshake timeout that
+    /// bounds any silent connection).
+    pub fn into_stream(
+        mut self,
+        tls: Option<Arc<TlsServer>>,
+    ) -> impl futures::Stream<Item = io::Result<ServerIo>> {
+        let (ready, incoming) = tokio::sync::mpsc::channel::<ServerIo>(HANDSHAKES);
+        tokio::spawn(async move {
+            loop {
+                let io = tokio::select! {
+                    io = self.next() => io,
+                    () = ready.closed() => return,
+                };
+                let Some(tls) = &tls else {
+                    if ready.send(ServerIo::Plain(io)).await.is_err() {
+                        return;
+                    }
+                    continue;
+                };
+                let (acceptor, ready) = (tls.acceptor(), ready.clone());
+                tokio::spawn(async move {
+                    match acceptor.accept(io).await {
+                        Ok(stream) => {
+                            let _ = ready.send(ServerIo::tls(stream)).await;
+                        }
+                        Err(e) => tracing::debug!("TLS handshake failed: {e}"),
+                    }
+                });
+            }
+        });
+        futures::stream::unfold(incoming, |mut incoming| async move {
+            incoming.recv().await.map(|io| (Ok(io), incoming))
         })
     }
 }
@@ -563,5 +601,96 @@ impl tonic::transport::server::Connected for GuardedIo {
 
     fn connect_info(&self) -> ConnInfo {
         self.info.clone()
+    }
+}
+
+/// A served connection: plaintext, or TLS over the same bounded socket.
+pub enum ServerIo {
+    Plain(GuardedIo),
+    Tls(Box<tokio_rustls::server::TlsStream<GuardedIo>>, ConnInfo),
+}
+
+impl ServerIo {
+    fn tls(stream: tokio_rustls::server::TlsStream<GuardedIo>) -> ServerIo {
+        let (io, session) = stream.get_ref();
+        let peer = session
+            .peer_certificates()
+            .and_then(|certs| certs.first())
+            .and_then(peer_identity)
+            .map(Arc::from);
+        let info = ConnInfo {
+            peer,
+            ..io.info.clone()
+        };
+        ServerIo::Tls(Box::new(stream), info)
+    }
+}
+
+impl AsyncRead for ServerIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(io) => Pin::new(io).poll_read(cx, buf),
+            ServerIo::Tls(io, _) => Pin::new(io.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ServerIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerIo::Plain(io) => Pin::new(io).poll_write(cx, data),
+            ServerIo::Tls(io, _) => Pin::new(io.as_mut()).poll_write(cx, data),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ServerIo::Plain(io) => Pin::new(io).poll_write_vectored(cx, bufs),
+            ServerIo::Tls(io, _) => Pin::new(io.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ServerIo::Plain(io) => io.is_write_vectored(),
+            ServerIo::Tls(io, _) => io.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(io) => Pin::new(io).poll_flush(cx),
+            ServerIo::Tls(io, _) => Pin::new(io.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ServerIo::Plain(io) => Pin::new(io).poll_shutdown(cx),
+            ServerIo::Tls(io, _) => Pin::new(io.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for ServerIo {
+    type ConnectInfo = ConnInfo;
+
+    fn connect_info(&self) -> ConnInfo {
+        match self {
+            ServerIo::Plain(io) => io.info.clone(),
+            ServerIo::Tls(_, info) => info.clone(),
+        }
     }
 }

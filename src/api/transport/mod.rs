@@ -3,8 +3,9 @@
 //!
 //! 1. `accounting`: each request counted on its connection, its response
 //!    held as bytes within the connection's bound;
-//! 2. `admission`: beyond capacity, RESOURCE_EXHAUSTED at once;
-//! 3. `deadline`: the server's deadline (DEADLINE_EXCEEDED) and oversize
+//! 2. `callers`: who may call which RPC (certificate identity or key);
+//! 3. `admission`: beyond capacity, RESOURCE_EXHAUSTED at once;
+//! 4. `deadline`: the server's deadline (DEADLINE_EXCEEDED) and oversize
 //!    messages (RESOURCE_EXHAUSTED).
 //!
 //! Below the stack, `connections` bounds every connection of both ports:
@@ -12,8 +13,10 @@
 
 pub mod accounting;
 pub mod admission;
+pub mod callers;
 pub mod connections;
 pub mod deadline;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -21,20 +24,23 @@ use tower::layer::util::{Identity, Stack};
 
 use accounting::AccountingLayer;
 use admission::{Admission, AdmissionLayer};
+use callers::{Callers, CallersLayer};
 use connections::Connections;
 use deadline::GuardLayer;
 
 /// The gRPC port's transport stack.
 pub type TransportStack =
-    Stack<GuardLayer, Stack<AdmissionLayer, Stack<AccountingLayer, Identity>>>;
+    Stack<GuardLayer, Stack<AdmissionLayer, Stack<CallersLayer, Stack<AccountingLayer, Identity>>>>;
 
 pub fn stack(
     connections: Arc<Connections>,
+    callers: Arc<Callers>,
     admission: Arc<Admission>,
     deadline: GuardLayer,
 ) -> TransportStack {
     tower::ServiceBuilder::new()
         .layer(AccountingLayer(connections))
+        .layer(CallersLayer(callers))
         .layer(AdmissionLayer(admission))
         .layer(deadline)
         .into_inner()

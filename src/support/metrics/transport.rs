@@ -28,8 +28,17 @@ pub struct ShedLabels {
     pub reason: &'static str,
 }
 
+/// A caller of the `[[callers]]` table (or `unknown`) and whether it was let
+/// through.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CallerLabels {
+    pub caller: String,
+    pub outcome: &'static str,
+}
+
 #[derive(Default)]
 pub struct TransportMetrics {
+    pub callers: Family<CallerLabels, Counter>,
     pub connections: Family<PortLabels, Gauge>,
     pub connections_closed: Family<CloseLabels, Counter>,
     pub accept_errors: Family<PortLabels, Counter>,
@@ -42,6 +51,11 @@ pub struct TransportMetrics {
 
 impl TransportMetrics {
     pub(super) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "caller_requests",
+            "Requests by caller of the [[callers]] table (or unknown) and outcome (allowed, refused)",
+            self.callers.clone(),
+        );
         registry.register(
             "connections",
             "Open client connections by port",
@@ -79,6 +93,15 @@ impl TransportMetrics {
             "How late the async runtime wakes a ready task (smoothed): its own queue",
             self.runtime_lag_us.clone(),
         );
+    }
+
+    pub fn caller(&self, caller: &str, outcome: &'static str) {
+        self.callers
+            .get_or_create(&CallerLabels {
+                caller: caller.to_owned(),
+                outcome,
+            })
+            .inc();
     }
 
     pub fn shed(&self, reason: &'static str) {

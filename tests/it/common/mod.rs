@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod fixture;
 pub mod login;
 pub mod proxy;
@@ -211,11 +212,17 @@ impl TestServer {
         let server = server::start(&settings)
             .await
             .unwrap_or_else(|e| panic!("server start: {e}"));
-        let channel = Channel::from_shared(format!("http://{}", server.grpc_addr))
-            .unwrap_or_else(|e| panic!("{e}"))
-            .connect()
-            .await
-            .unwrap_or_else(|e| panic!("connect to test server: {e}"));
+        let endpoint = Channel::from_shared(format!("http://{}", server.grpc_addr))
+            .unwrap_or_else(|e| panic!("{e}"));
+        // A TLS server is reached by the test's own TLS clients; the
+        // plaintext harness client is then never connected.
+        let channel = match settings.tls_cert {
+            Some(_) => endpoint.connect_lazy(),
+            None => endpoint
+                .connect()
+                .await
+                .unwrap_or_else(|e| panic!("connect to test server: {e}")),
+        };
         TestServer {
             client: AuthorizationServiceClient::new(channel.clone()),
             channel,
