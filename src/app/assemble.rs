@@ -91,9 +91,10 @@ pub async fn assemble(
         freshness.clone(),
         metrics.clone(),
     );
-    if let Some(url) = &settings.redis_url {
+    let redis = settings.redis_endpoint().map_err(AuthzError::invalid)?;
+    if let Some(endpoint) = &redis {
         cache = cache.with_redis(Arc::new(RedisTier::new(
-            url,
+            endpoint,
             &settings.redis_prefix,
             settings.redis_timeout.0,
             settings.redis_ttl.0,
@@ -135,10 +136,9 @@ pub async fn assemble(
     let rate_limit = match settings.rate_limit.enabled {
         false => None,
         true => {
-            let redis = settings
-                .redis_url
-                .as_deref()
-                .map(|url| (url, settings.redis_prefix.as_str(), saturation.clone()));
+            let redis = redis
+                .as_ref()
+                .map(|endpoint| (endpoint, settings.redis_prefix.as_str(), saturation.clone()));
             let limiter = Arc::new(
                 Limiter::new(&settings.rate_limit, store.clone(), redis, metrics.clone())
                     .map_err(|e| AuthzError::invalid(format!("[rate_limit]: {e}")))?,

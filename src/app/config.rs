@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     api::transport::{connections::ConnectionLimits, tls::TlsFiles},
-    support::duration::HumanDuration,
+    support::{duration::HumanDuration, redis_conn::RedisEndpoint},
 };
 
 /// A replica silent this long no longer holds the change log back.
@@ -107,6 +107,12 @@ pub struct Settings {
     #[arg(hide_env_values = true, long, env = "VELRO_REDIS_URL", global = true)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
+
+    /// PEM CA that signed the Redis server's certificate (`rediss://` URLs),
+    /// when it is not in the system's trust store.
+    #[arg(long, env = "VELRO_REDIS_CA_FILE", global = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis_ca_file: Option<PathBuf>,
 
     /// Prefix of every Redis key this service writes.
     #[arg(
@@ -611,6 +617,24 @@ impl Settings {
             stuck_timeout: self.stuck_timeout.0,
             max_pending_bytes: self.max_pending_response_bytes,
         }
+    }
+
+    /// Where Redis is (with the CA for `rediss://`), if it is configured.
+    pub fn redis_endpoint(&self) -> Result<Option<RedisEndpoint>, String> {
+        let Some(url) = &self.redis_url else {
+            return Ok(None);
+        };
+        let ca_pem = match &self.redis_ca_file {
+            None => None,
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| format!("redis_ca_file {}: {e}", path.display()))?,
+            ),
+        };
+        Ok(Some(RedisEndpoint {
+            url: url.clone(),
+            ca_pem,
+        }))
     }
 
     /// The gRPC port's TLS files, if TLS is on.

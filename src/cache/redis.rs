@@ -11,7 +11,7 @@ use crate::{
     engine::{permissions::PermissionSet, resolver::Resolver},
     error::AuthzError,
     model::PermissionKey,
-    support::redis_conn::{Miss, RedisConn},
+    support::redis_conn::{Miss, RedisConn, RedisEndpoint},
     support::{metrics::Metrics, saturation::Saturation},
 };
 
@@ -26,7 +26,7 @@ impl RedisTier {
     /// Parses the URL; connects lazily (a Redis that is down at start-up is
     /// skipped like one that goes down later).
     pub fn new(
-        url: &str,
+        endpoint: &RedisEndpoint,
         prefix: &str,
         deadline: Duration,
         ttl: Duration,
@@ -34,7 +34,13 @@ impl RedisTier {
         saturation: Arc<Saturation>,
     ) -> Result<RedisTier, AuthzError> {
         Ok(RedisTier {
-            redis: RedisConn::new(url, deadline, "redis_cache", metrics.clone(), saturation)?,
+            redis: RedisConn::new(
+                endpoint,
+                deadline,
+                "redis_cache",
+                metrics.clone(),
+                saturation,
+            )?,
             prefix: prefix.to_owned(),
             ttl,
             metrics,

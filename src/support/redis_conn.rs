@@ -16,6 +16,36 @@ use crate::{
 /// How long a breaker stays open before one probe goes through.
 const COOL_OFF: Duration = Duration::from_secs(2);
 
+/// Where Redis is: a `redis://` or `rediss://` (TLS) URL, and the CA that
+/// signed the server's certificate when it is not in the system's trust.
+#[derive(Clone, Debug)]
+pub struct RedisEndpoint {
+    pub url: String,
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl RedisEndpoint {
+    fn client(&self) -> Result<redis::Client, AuthzError> {
+        let bad = |e: redis::RedisError| {
+            AuthzError::invalid(format!(
+                "redis_url {}: {e}",
+                crate::support::secrets::redact_url(&self.url)
+            ))
+        };
+        match &self.ca_pem {
+            None => redis::Client::open(self.url.as_str()).map_err(bad),
+            Some(ca) => redis::Client::build_with_tls(
+                self.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(ca.clone()),
+                },
+            )
+            .map_err(bad),
+        }
+    }
+}
+
 /// Why a call gave no answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Miss {
@@ -44,14 +74,13 @@ impl RedisConn {
     /// Parses the URL; connects on first use (a Redis that is down at
     /// start-up is skipped like one that goes down later).
     pub fn new(
-        url: &str,
+        endpoint: &RedisEndpoint,
         deadline: Duration,
         dependency: &'static str,
         metrics: Arc<Metrics>,
         saturation: Arc<Saturation>,
     ) -> Result<RedisConn, AuthzError> {
-        let client =
-            redis::Client::open(url).map_err(|e| AuthzError::invalid(format!("redis_url: {e}")))?;
+        let client = endpoint.client()?;
         Ok(RedisConn {
             client,
             connection: Mutex::new(None),

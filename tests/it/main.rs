@@ -28,4 +28,5 @@ mod security_context;
 mod service;
 mod shared_tiers;
 mod tls;
+mod tls_backends;
 mod tokens;

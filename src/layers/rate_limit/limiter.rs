@@ -21,7 +21,10 @@ use crate::{
     error::AuthzError,
     store::Store,
     support::{
-        duration::HumanDuration, metrics::Metrics, redis_conn::RedisConn, saturation::Saturation,
+        duration::HumanDuration,
+        metrics::Metrics,
+        redis_conn::{RedisConn, RedisEndpoint},
+        saturation::Saturation,
     },
 };
 
@@ -113,7 +116,7 @@ impl Limiter {
     pub fn new(
         config: &RateLimitConfig,
         store: Arc<dyn Store>,
-        redis: Option<(&str, &str, Arc<Saturation>)>,
+        redis: Option<(&RedisEndpoint, &str, Arc<Saturation>)>,
         metrics: Arc<Metrics>,
     ) -> Result<Limiter, String> {
         let factor = config.anomaly.tighten_factor.max(1);
@@ -142,9 +145,9 @@ impl Limiter {
             ));
         }
         let redis = match redis {
-            Some((url, prefix, saturation)) if config.distributed => Some((
+            Some((endpoint, prefix, saturation)) if config.distributed => Some((
                 RedisConn::new(
-                    url,
+                    endpoint,
                     config.redis_timeout.0,
                     "redis_rate_limit",
                     metrics.clone(),

@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod fixture;
 pub mod login;
+pub mod private;
 pub mod proxy;
 pub mod raw_grpc;
 pub mod redis;
