@@ -168,7 +168,7 @@ impl PrivateRedis {
         let ca = dir.path().join("ca.pem");
         std::fs::write(&ca, ca_pem).unwrap();
         let port = free_port();
-        let child = Command::new("redis-server")
+        let mut child = Command::new("redis-server")
             .args([
                 "--port",
                 "0",
@@ -207,6 +207,8 @@ impl PrivateRedis {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("the private Redis did not listen on {port}");
     }
 }
