@@ -7,9 +7,12 @@ use crate::app::output::say;
 use crate::{
     app::{commands, config::Settings, server},
     error::AuthzError,
+    support::telemetry,
 };
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{
+    EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+};
 
 #[derive(Parser)]
 #[command(
@@ -269,14 +272,6 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log));
-    // Logs go to stderr: stdout carries command output (and audit JSON lines).
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -287,6 +282,32 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The trace exporter's task runs on this runtime.
+    let _runtime = runtime.enter();
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.log));
+    // Logs go to stderr: stdout carries command output (and audit JSON lines).
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_filter(filter);
+    let traces = match (&cli.command, settings.trace_settings()) {
+        (None | Some(Command::Serve), Some(trace)) => match telemetry::layer(&trace) {
+            Ok((provider, layer)) => Some((provider, layer)),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    let (provider, traces) = match traces {
+        Some((provider, layer)) => (Some(provider), Some(layer)),
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .init();
     let result = runtime.block_on(async {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => server::serve(&settings).await,
@@ -297,6 +318,9 @@ pub fn main() -> ExitCode {
             other => run_admin(&settings, other).await,
         }
     });
+    if let Some(provider) = provider {
+        let _ = provider.shutdown();
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

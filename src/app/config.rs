@@ -548,6 +548,22 @@ pub struct Settings {
     )]
     pub max_chain_depth: u32,
 
+    /// OTLP/gRPC collector for traces (e.g. http://otel-collector:4317);
+    /// unset: no spans are exported and no exporter runs.
+    #[arg(long, env = "VELRO_OTLP_ENDPOINT", global = true)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Share of new traces sampled (0.0 to 1.0); a request whose caller
+    /// sampled its trace is always traced.
+    #[arg(
+        long,
+        env = "VELRO_TRACE_SAMPLING",
+        default_value_t = 1.0,
+        global = true
+    )]
+    pub trace_sampling: f64,
+
     /// Log filter (tracing `EnvFilter` syntax; RUST_LOG wins when set).
     #[arg(long, env = "VELRO_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -648,6 +664,21 @@ impl Settings {
             })),
             _ => Err("TLS needs both tls_cert and tls_key (tls_client_ca adds mutual TLS)".into()),
         }
+    }
+
+    /// Where traces go, if anywhere.
+    pub fn trace_settings(&self) -> Option<crate::support::telemetry::TraceSettings> {
+        let endpoint = self.otlp_endpoint.clone()?;
+        let instance = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        Some(crate::support::telemetry::TraceSettings {
+            endpoint,
+            sampling: self.trace_sampling,
+            service_name: "velro-authz".into(),
+            instance,
+        })
     }
 
     /// The ops port's connection bounds (HTTP/1: idle means no bytes).

@@ -13,6 +13,7 @@ use tokio::{
     sync::{mpsc, watch},
     time::Instant,
 };
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{AuditEvent, Spill, bursts::Bursts, spill};
@@ -190,7 +191,9 @@ impl Writer {
     }
 
     async fn try_insert(&self, events: &[AuditEvent]) -> Result<u64, Refused> {
-        classify(tokio::time::timeout(INSERT_DEADLINE, self.store.insert_audit(events)).await)
+        let span = tracing::debug_span!("audit.batch", events = events.len());
+        let insert = self.store.insert_audit(events).instrument(span);
+        classify(tokio::time::timeout(INSERT_DEADLINE, insert).await)
     }
 
     /// Inserts; isolates events refused for their content; enters the

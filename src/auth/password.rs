@@ -11,6 +11,7 @@ use argon2::{
     password_hash::{PasswordHasher, PasswordVerifier, phc::PasswordHash},
 };
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 
 use crate::{
     error::AuthzError,
@@ -173,7 +174,8 @@ impl PasswordHashing {
             .map_err(|_| gone())?
             .send(job)
             .map_err(|_| gone())?;
-        let (result, took) = answer.await.map_err(|_| gone())?;
+        let span = tracing::debug_span!("password.hash", queued = self.queue.in_flight());
+        let (result, took) = answer.instrument(span).await.map_err(|_| gone())?;
         slot.ticket.served(took);
         Ok(result)
     }

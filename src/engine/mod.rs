@@ -9,6 +9,7 @@ pub mod resolver;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -92,7 +93,15 @@ impl Engine {
         consistency: Consistency,
         request: &RequestFacts,
     ) -> Result<Decision, AuthzError> {
-        self.run(query, consistency, request, None).await
+        let span = tracing::debug_span!(
+            "decide",
+            subject = %query.subject,
+            action = %query.action,
+            resource = %query.resource
+        );
+        self.run(query, consistency, request, None)
+            .instrument(span)
+            .await
     }
 
     /// Decides every item, in order; an invalid item keeps its own error.
@@ -102,6 +111,7 @@ impl Engine {
         consistency: Consistency,
         request: &RequestFacts,
     ) -> Vec<Result<Decision, AuthzError>> {
+        let span = tracing::debug_span!("decide_batch", items = items.len());
         let memo = BatchMemo::default();
         let memo = &memo;
         futures::stream::iter(items)
@@ -113,6 +123,7 @@ impl Engine {
             })
             .buffered(BATCH_CONCURRENCY)
             .collect()
+            .instrument(span)
             .await
     }
 

@@ -6,6 +6,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tracing::Instrument;
+
 use crate::{
     engine::{
         layer::Layer,
@@ -114,10 +116,17 @@ impl Resolver {
         };
         self.metrics.permission_computations.inc();
         let started = Instant::now();
+        let span = tracing::debug_span!(
+            "db.permission_facts",
+            otel.kind = "client",
+            db.operation = "SELECT",
+            resource = %key.resource
+        );
         let facts = tokio::time::timeout(
             budget,
             self.store
-                .permission_facts(key.subject, key.resource, self.max_chain_depth),
+                .permission_facts(key.subject, key.resource, self.max_chain_depth)
+                .instrument(span),
         )
         .await;
         let facts = match facts {

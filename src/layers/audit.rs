@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crate::{
     audit::{AuditEvent, AuditLog},
     engine::layer::{Check, Context, Layer, LayerId, Outcome, Step},
-    support::clock::now_ms,
+    support::{clock::now_ms, telemetry},
 };
 
 pub struct Audit {
@@ -70,6 +70,7 @@ impl Layer for Audit {
             client_ip: request.ip.map(|ip| ip.to_string()).unwrap_or_default(),
             session_id: request.session_id.clone(),
             flags: ctx.flags.join(","),
+            trace_id: telemetry::current_trace_id().unwrap_or_default(),
             ..AuditEvent::default()
         });
     }

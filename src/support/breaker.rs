@@ -104,6 +104,10 @@ impl Breaker {
         }
     }
 
+    pub fn dependency(&self) -> &'static str {
+        self.dependency
+    }
+
     pub fn is_open(&self) -> bool {
         self.state() != BreakerState::Closed
     }

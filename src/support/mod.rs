@@ -13,3 +13,4 @@ pub mod percent;
 pub mod redis_conn;
 pub mod saturation;
 pub mod secrets;
+pub mod telemetry;

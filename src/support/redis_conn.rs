@@ -7,6 +7,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use redis::{RedisResult, aio::ConnectionManager};
 use tokio::sync::Mutex;
+use tracing::Instrument;
 
 use crate::{
     error::AuthzError,
@@ -125,10 +126,19 @@ impl RedisConn {
         }
         let budget = crate::support::deadline::budget(self.deadline);
         let started = std::time::Instant::now();
-        let outcome = tokio::time::timeout(budget, async {
-            let connection = self.connection().await.ok_or(Failure::NoConnection)?;
-            call(connection).await.map_err(|_| Failure::Answered)
-        })
+        let span = tracing::debug_span!(
+            "redis",
+            otel.kind = "client",
+            dependency = self.breaker.dependency()
+        );
+        let outcome = tokio::time::timeout(
+            budget,
+            async {
+                let connection = self.connection().await.ok_or(Failure::NoConnection)?;
+                call(connection).await.map_err(|_| Failure::Answered)
+            }
+            .instrument(span),
+        )
         .await;
         match outcome {
             Ok(Ok(value)) => {

@@ -30,3 +30,4 @@ mod shared_tiers;
 mod tls;
 mod tls_backends;
 mod tokens;
+mod tracing;

@@ -14,6 +14,7 @@ use envoy_types::ext_authz::v3::{
 };
 use serde::{Deserialize, Serialize};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
@@ -28,6 +29,7 @@ use crate::{
     error::AuthzError,
     model::{Consistency, Query, RequestFacts},
     support::metrics::Metrics,
+    support::telemetry,
 };
 use routes::{Match, Route, RouteTable};
 
@@ -313,6 +315,27 @@ impl ExtAuthzService {
     }
 }
 
+/// The check's span: Envoy's trace continues from the `traceparent` of
+/// the HTTP request it asks about.
+fn check_span(request: &CheckRequest) -> tracing::Span {
+    let span = tracing::debug_span!("ext_authz.check", otel.kind = "server");
+    if telemetry::enabled()
+        && let Some(http) = request
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref())
+    {
+        let parent = telemetry::remote_parent(|key| http.headers.get(key).map(String::as_str));
+        use opentelemetry::trace::TraceContextExt;
+        if parent.span().span_context().is_valid() {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            let _ = span.set_parent(parent);
+        }
+    }
+    span
+}
+
 fn status_label(code: u16) -> &'static str {
     match code {
         200 => "200",
@@ -334,7 +357,11 @@ impl Authorization for ExtAuthzService {
         let started = Instant::now();
         let outcome = match request.extensions().get::<CallerRefused>() {
             Some(CallerRefused(refused)) => Err(Deny::from_error(refused)),
-            None => self.decide(request.get_ref()).await,
+            None => {
+                self.decide(request.get_ref())
+                    .instrument(check_span(request.get_ref()))
+                    .await
+            }
         };
         let (code, response) = self.answer(outcome);
         self.metrics

@@ -1,6 +1,7 @@
 //! Transport concerns, one stack built in one place. Around every gRPC
 //! route, outermost first:
 //!
+//! 0. `trace`: the RPC's span (when traces are exported);
 //! 1. `accounting`: each request counted on its connection, its response
 //!    held as bytes within the connection's bound;
 //! 2. `callers`: who may call which RPC (certificate identity or key);
@@ -17,6 +18,7 @@ pub mod callers;
 pub mod connections;
 pub mod deadline;
 pub mod tls;
+pub mod trace;
 
 use std::sync::Arc;
 
@@ -27,10 +29,13 @@ use admission::{Admission, AdmissionLayer};
 use callers::{Callers, CallersLayer};
 use connections::Connections;
 use deadline::GuardLayer;
+use trace::TraceLayer;
 
 /// The gRPC port's transport stack.
-pub type TransportStack =
-    Stack<GuardLayer, Stack<AdmissionLayer, Stack<CallersLayer, Stack<AccountingLayer, Identity>>>>;
+pub type TransportStack = Stack<
+    GuardLayer,
+    Stack<AdmissionLayer, Stack<CallersLayer, Stack<AccountingLayer, Stack<TraceLayer, Identity>>>>,
+>;
 
 pub fn stack(
     connections: Arc<Connections>,
@@ -39,6 +44,7 @@ pub fn stack(
     deadline: GuardLayer,
 ) -> TransportStack {
     tower::ServiceBuilder::new()
+        .layer(TraceLayer)
         .layer(AccountingLayer(connections))
         .layer(CallersLayer(callers))
         .layer(AdmissionLayer(admission))
