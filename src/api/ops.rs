@@ -8,9 +8,15 @@ use std::sync::{
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 
 use crate::{
-    auth::keys::KeyRing,
+    audit::AuditLog,
+    auth::{Authenticator, keys::KeyRing},
     cache::freshness::Freshness,
+    store::Store,
     support::{breaker::Breaker, metrics::Metrics, saturation::Saturation},
+    support::{
+        metrics::observed::{ObservedMetrics, StateLabels},
+        telemetry,
+    },
 };
 
 /// What readiness watches besides start-up and draining: a replica that
@@ -21,6 +27,46 @@ pub struct Dependencies {
     pub database: Arc<Breaker>,
     pub freshness: Arc<Freshness>,
     pub saturation: Arc<Saturation>,
+    pub store: Arc<dyn Store>,
+    pub audit: Arc<AuditLog>,
+    pub auth: Arc<Authenticator>,
+}
+
+impl Dependencies {
+    /// Sets the gauges read at each scrape.
+    fn observe(&self, metrics: &Metrics) {
+        let observed = &metrics.observed;
+        let (open, idle) = self.store.pool_state();
+        let state = |state| StateLabels { state };
+        observed
+            .pool_connections
+            .get_or_create(&state("idle"))
+            .set(i64::from(idle));
+        observed
+            .pool_connections
+            .get_or_create(&state("in_use"))
+            .set(i64::from(open.saturating_sub(idle)));
+        observed
+            .pool_max
+            .set(i64::from(self.store.pool_config().max_connections));
+        observed
+            .token_cache_entries
+            .set(i64::try_from(self.auth.token_cache_entries()).unwrap_or(i64::MAX));
+        observed
+            .audit_queue
+            .set(i64::try_from(self.audit.queued()).unwrap_or(i64::MAX));
+        observed
+            .change_log_lag_ms
+            .set(i64::try_from(self.freshness.lag().as_millis()).unwrap_or(i64::MAX));
+        let (dropped, exported) = telemetry::counts();
+        ObservedMetrics::sync(&observed.spans_dropped, dropped);
+        ObservedMetrics::sync(&observed.spans_exported, exported);
+        let lag = self.saturation.lag().as_micros();
+        metrics
+            .transport
+            .runtime_lag_us
+            .set(i64::try_from(lag).unwrap_or(i64::MAX));
+    }
 }
 
 impl Dependencies {
@@ -95,11 +141,7 @@ async fn jwks_json(State(ops): State<Ops>) -> impl IntoResponse {
 
 async fn metrics_text(State(ops): State<Ops>) -> impl IntoResponse {
     ops.dependencies.degraded(&ops.metrics);
-    let lag = ops.dependencies.saturation.lag().as_micros();
-    ops.metrics
-        .transport
-        .runtime_lag_us
-        .set(i64::try_from(lag).unwrap_or(i64::MAX));
+    ops.dependencies.observe(&ops.metrics);
     match ops.metrics.render() {
         Ok(text) => (
             StatusCode::OK,

@@ -63,6 +63,7 @@ pub async fn assemble(
     stop: watch::Receiver<bool>,
 ) -> Result<Assembled, AuthzError> {
     let saturation = Saturation::start();
+    store.observe_acquire(metrics.observed.pool_acquire.clone());
     // Start from the recent past of the change log, so that shared-tier
     // entries computed by other replicas since then can be checked and used.
     let start = store

@@ -12,6 +12,7 @@ use crate::auth::{
     password::PasswordHashing,
     throttle::{Throttle, ThrottlePolicy},
 };
+use crate::support::metrics::Metrics;
 use crate::{app::config::Settings, error::AuthzError, store::Store};
 
 /// `after_login` runs for each newly verified principal (predictive warming).
@@ -20,6 +21,7 @@ pub async fn authenticator(
     store: Arc<dyn Store>,
     after_login: Option<AfterLogin>,
     audit: Option<Arc<AuditLog>>,
+    metrics: Option<&Metrics>,
 ) -> Result<Arc<Authenticator>, AuthzError> {
     let keys = Arc::new(KeyRing::load(
         &settings.signing_keys,
@@ -67,6 +69,12 @@ pub async fn authenticator(
             token_cache_ttl: settings.token_cache_ttl.0,
             after_login,
             events: SecurityEvents::new(audit),
+            token_cache_counters: metrics.map(|m| {
+                (
+                    m.observed.token_cache_hits.clone(),
+                    m.observed.token_cache_misses.clone(),
+                )
+            }),
         },
     )))
 }

@@ -117,9 +117,11 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         store.clone(),
         Some(after_login),
         Some(audit.clone()),
+        Some(&metrics),
     )
     .await?;
     let keys = auth.tokens().keys().clone();
+    let auth_for_ops = auth.clone();
 
     let grpc_listener = TcpListener::bind(settings.listen)
         .await
@@ -186,7 +188,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
     }
     readiness.set(true);
 
-    let callers = Callers::new(&settings.callers, Some(audit), metrics.clone())
+    let callers = Callers::new(&settings.callers, Some(audit.clone()), metrics.clone())
         .map_err(AuthzError::invalid)?;
     let grpc_connections = Connections::new("grpc", settings.grpc_connections(), metrics.clone());
     let ops_connections = Connections::new("ops", settings.ops_connections(), metrics.clone());
@@ -228,6 +230,9 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         database,
         freshness,
         saturation,
+        store: store.clone(),
+        audit: audit.clone(),
+        auth: auth_for_ops,
     };
     // Connections still open a request deadline after the stop are cut off.
     let grace = settings.request_timeout.0;

@@ -14,6 +14,7 @@ use std::{sync::Arc, time::Duration};
 
 use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use moka::{Expiry, future::Cache};
+use prometheus_client::metrics::counter::Counter;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
@@ -98,6 +99,8 @@ pub struct AuthConfig {
     pub after_login: Option<AfterLogin>,
     /// Where logins, refreshes and refused tokens are recorded.
     pub events: SecurityEvents,
+    /// Counts of the verified-token cache: (hits, misses).
+    pub token_cache_counters: Option<(Counter, Counter)>,
 }
 
 pub struct Authenticator {
@@ -111,9 +114,15 @@ pub struct Authenticator {
     reuse_grace: Duration,
     after_login: Option<AfterLogin>,
     events: SecurityEvents,
+    token_cache_counters: Option<(Counter, Counter)>,
 }
 
 impl Authenticator {
+    /// Verified tokens held now.
+    pub fn token_cache_entries(&self) -> u64 {
+        self.verified.entry_count()
+    }
+
     pub fn new(
         store: Arc<dyn Store>,
         tokens: TokenService,
@@ -136,6 +145,7 @@ impl Authenticator {
             reuse_grace: config.refresh_reuse_grace,
             after_login: config.after_login,
             events: config.events,
+            token_cache_counters: config.token_cache_counters,
         }
     }
 
@@ -386,7 +396,13 @@ impl Authenticator {
         if let Some(principal) = self.verified.get(&key).await
             && principal.expires_at > now_unix()
         {
+            if let Some((hits, _)) = &self.token_cache_counters {
+                hits.inc();
+            }
             return Ok(principal);
+        }
+        if let Some((_, misses)) = &self.token_cache_counters {
+            misses.inc();
         }
         let claims = self.tokens.verify(token)?;
         let principal = Arc::new(self.principal(claims).await?);

@@ -171,6 +171,12 @@ impl Freshness {
         self.applied.load(Ordering::Acquire)
     }
 
+    /// How long since the change log was last read.
+    pub fn lag(&self) -> Duration {
+        let last = Duration::from_millis(self.last_sync_ms.load(Ordering::Acquire));
+        self.started.elapsed().saturating_sub(last)
+    }
+
     /// Whether the log was read recently enough to answer from cache.
     pub fn trusted(&self) -> bool {
         let last = Duration::from_millis(self.last_sync_ms.load(Ordering::Acquire));

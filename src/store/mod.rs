@@ -127,6 +127,12 @@ pub trait Store:
     /// Every connection of the pool is open: a wait for one is a queue of
     /// our own work, not a sign that the database is down.
     fn pool_busy(&self) -> bool;
+
+    /// Open connections and idle ones, now.
+    fn pool_state(&self) -> (u32, u32);
+
+    /// Where the decision path reports how long it waited for a connection.
+    fn observe_acquire(&self, histogram: prometheus_client::metrics::histogram::Histogram);
 }
 
 /// Pool settings.

@@ -154,11 +154,16 @@ macro_rules! sql_store {
     ($name:ident, $db:ty, $backend:expr, $migrations:literal, $bind_id:expr) => {
         pub struct $name {
             pool: sqlx::Pool<$db>,
+            /// How long decisions wait for a connection, once observed.
+            acquire_wait: std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
         }
 
         impl $name {
             pub fn new(pool: sqlx::Pool<$db>) -> Self {
-                $name { pool }
+                $name {
+                    pool,
+                    acquire_wait: std::sync::OnceLock::new(),
+                }
             }
 
             pub fn pool(&self) -> &sqlx::Pool<$db> {
@@ -192,7 +197,12 @@ macro_rules! sql_store {
                 if resource.kind != ResourceKind::Project {
                     query = query.bind(i64::from(max_depth));
                 }
-                let row: Option<FactsRow> = query.fetch_optional(&self.pool).await?;
+                let waited = std::time::Instant::now();
+                let mut conn = self.pool.acquire().await?;
+                if let Some(histogram) = self.acquire_wait.get() {
+                    histogram.observe(waited.elapsed().as_secs_f64());
+                }
+                let row: Option<FactsRow> = query.fetch_optional(&mut *conn).await?;
                 row.map(|row| row.into_facts(max_depth)).transpose()
             }
 
@@ -390,6 +400,17 @@ macro_rules! sql_store {
                     max_connections: options.get_max_connections(),
                     acquire_timeout: options.get_acquire_timeout(),
                 }
+            }
+
+            fn pool_state(&self) -> (u32, u32) {
+                (self.pool.size(), self.pool.num_idle() as u32)
+            }
+
+            fn observe_acquire(
+                &self,
+                histogram: prometheus_client::metrics::histogram::Histogram,
+            ) {
+                let _ = self.acquire_wait.set(histogram);
             }
 
             fn pool_busy(&self) -> bool {

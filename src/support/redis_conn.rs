@@ -69,6 +69,7 @@ pub struct RedisConn {
     deadline: Duration,
     pub breaker: Breaker,
     saturation: Arc<Saturation>,
+    metrics: Arc<Metrics>,
 }
 
 impl RedisConn {
@@ -86,8 +87,9 @@ impl RedisConn {
             client,
             connection: Mutex::new(None),
             deadline,
-            breaker: Breaker::new(dependency, COOL_OFF, metrics),
+            breaker: Breaker::new(dependency, COOL_OFF, metrics.clone()),
             saturation,
+            metrics,
         })
     }
 
@@ -140,6 +142,17 @@ impl RedisConn {
             .instrument(span),
         )
         .await;
+        let took = started.elapsed().as_secs_f64();
+        let labels = |outcome| crate::support::metrics::observed::RedisLabels {
+            dependency: self.breaker.dependency(),
+            outcome,
+        };
+        let ok = matches!(outcome, Ok(Ok(_)));
+        self.metrics
+            .observed
+            .redis_calls
+            .get_or_create(&labels(if ok { "ok" } else { "failed" }))
+            .observe(took);
         match outcome {
             Ok(Ok(value)) => {
                 self.breaker.success();

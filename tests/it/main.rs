@@ -20,6 +20,7 @@ mod loadgen;
 mod logins;
 mod media_urls;
 mod overload;
+mod prometheus;
 mod rate_limit;
 mod reference_model;
 mod retention;

@@ -1,6 +1,7 @@
 //! The service's Prometheus metrics. Each server instance owns its registry,
 //! so several servers in one process (tests) do not mix their counts.
 
+pub mod observed;
 pub mod transport;
 
 use std::time::Duration;
@@ -85,6 +86,8 @@ pub struct Metrics {
     pub ops: OpsMetrics,
     /// Connections, admission, shedding.
     pub transport: transport::TransportMetrics,
+    /// Pools, Redis, token cache, audit queue, change log, traces, build.
+    pub observed: observed::ObservedMetrics,
 }
 
 /// The operational layers' metrics (audit, emergency, rate limiting).
@@ -243,7 +246,11 @@ impl Metrics {
         ops.register(&mut registry);
         let transport = transport::TransportMetrics::default();
         transport.register(&mut registry);
+        transport.known();
+        let observed = observed::ObservedMetrics::default();
+        observed.register(&mut registry);
         Metrics {
+            observed,
             ops,
             transport,
             security_alerts,

@@ -104,6 +104,32 @@ impl TransportMetrics {
             .inc();
     }
 
+    /// Makes every series of a known label exist (at 0) from the start.
+    pub fn known(&self) {
+        for reason in [
+            "in_flight",
+            "runtime_lag",
+            "connection_backlog",
+            "database_queue",
+        ] {
+            let _ = self.shed.get_or_create(&ShedLabels { reason });
+        }
+        for port in ["grpc", "ops"] {
+            let _ = self.connections.get_or_create(&PortLabels { port });
+            for reason in [
+                "handshake_timeout",
+                "idle",
+                "stuck_response",
+                "evicted",
+                "refused",
+            ] {
+                let _ = self
+                    .connections_closed
+                    .get_or_create(&CloseLabels { port, reason });
+            }
+        }
+    }
+
     pub fn shed(&self, reason: &'static str) {
         self.shed.get_or_create(&ShedLabels { reason }).inc();
     }
