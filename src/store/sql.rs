@@ -178,7 +178,26 @@ macro_rules! sql_store {
             }
 
             async fn migrate(&self) -> Result<(), AuthzError> {
-                sqlx::migrate!($migrations)
+                let mut migrator = sqlx::migrate!($migrations);
+                // Migrations are written expand-then-contract, so a binary
+                // one release behind runs on a schema one release ahead:
+                // applied migrations it does not know are tolerated, and said.
+                migrator.set_ignore_missing(true);
+                let known: Vec<i64> = migrator.iter().map(|m| m.version).collect();
+                let applied: Vec<i64> =
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(&self.pool)
+                        .await
+                        .unwrap_or_default();
+                for version in applied.iter().filter(|v| !known.contains(v)) {
+                    tracing::warn!(
+                        version,
+                        "the database has a migration this build does not know (a newer \
+                         release applied it); running on it: migrations only expand the schema \
+                         until every replica runs the release that needs the contraction"
+                    );
+                }
+                migrator
                     .run(&self.pool)
                     .await
                     .map_err(|e| AuthzError::Unavailable(format!("migrations failed: {e}")))

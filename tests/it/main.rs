@@ -24,6 +24,7 @@ mod prometheus;
 mod rate_limit;
 mod reference_model;
 mod retention;
+mod rollback;
 mod rules;
 mod security_context;
 mod service;
