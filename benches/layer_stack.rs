@@ -19,7 +19,7 @@ use velro_authz::{
     model::workload,
     model::{Action, Consistency, Query, RequestFacts, ResourceKind, ResourceRef},
     proto,
-    store::{self, auth::NewSession},
+    store::{self, auth::NewSession, pools::Stores},
     support::duration::HumanDuration,
     support::metrics::Metrics,
 };
@@ -125,7 +125,7 @@ fn layer_stack_bench(c: &mut Criterion) {
             .unwrap();
         let assembled = assemble(
             &settings,
-            store.clone(),
+            &Stores::single(store.clone()),
             Arc::new(Metrics::new()),
             stop_rx.clone(),
         )
@@ -162,10 +162,14 @@ fn layer_stack_bench(c: &mut Criterion) {
                 s.audit.spill_path = dir.path().join("audit-redis.spill");
                 s.redis_url = Some(redis_url);
                 s.redis_prefix = format!("velro-bench-{}:", Uuid::new_v4());
-                let assembled =
-                    assemble(&s, store.clone(), Arc::new(Metrics::new()), stop_rx.clone())
-                        .await
-                        .unwrap();
+                let assembled = assemble(
+                    &s,
+                    &Stores::single(store.clone()),
+                    Arc::new(Metrics::new()),
+                    stop_rx.clone(),
+                )
+                .await
+                .unwrap();
                 Some(keep_of(&assembled.engine, &ALL_BUT_AUDIT))
             }
             false => {

@@ -84,7 +84,12 @@ impl From<sqlx::Error> for AuthzError {
             }
             // The database's own words stay in the log, under an id the
             // client gets instead (they may quote data or the schema).
-            sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => {
+            // A connection that broke, or one whose peer spoke garbage while
+            // it opened (a proxy or load balancer with no database behind).
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => {
                 let incident = incident_id();
                 tracing::warn!(%incident, "the database is unreachable: {error}");
                 AuthzError::Unavailable(format!(

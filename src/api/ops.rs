@@ -11,10 +11,10 @@ use crate::{
     audit::AuditLog,
     auth::{Authenticator, keys::KeyRing},
     cache::freshness::Freshness,
-    store::Store,
+    store::pools::Stores,
     support::{breaker::Breaker, metrics::Metrics, saturation::Saturation},
     support::{
-        metrics::observed::{ObservedMetrics, StateLabels},
+        metrics::observed::{ObservedMetrics, PoolLabels, PoolStateLabels},
         telemetry,
     },
 };
@@ -27,7 +27,7 @@ pub struct Dependencies {
     pub database: Arc<Breaker>,
     pub freshness: Arc<Freshness>,
     pub saturation: Arc<Saturation>,
-    pub store: Arc<dyn Store>,
+    pub stores: Stores,
     pub audit: Arc<AuditLog>,
     pub auth: Arc<Authenticator>,
 }
@@ -36,19 +36,22 @@ impl Dependencies {
     /// Sets the gauges read at each scrape.
     fn observe(&self, metrics: &Metrics) {
         let observed = &metrics.observed;
-        let (open, idle) = self.store.pool_state();
-        let state = |state| StateLabels { state };
-        observed
-            .pool_connections
-            .get_or_create(&state("idle"))
-            .set(i64::from(idle));
-        observed
-            .pool_connections
-            .get_or_create(&state("in_use"))
-            .set(i64::from(open.saturating_sub(idle)));
-        observed
-            .pool_max
-            .set(i64::from(self.store.pool_config().max_connections));
+        for (pool, store) in self.stores.labelled() {
+            let (open, idle) = store.pool_state();
+            let state = |state| PoolStateLabels { pool, state };
+            observed
+                .pool_connections
+                .get_or_create(&state("idle"))
+                .set(i64::from(idle));
+            observed
+                .pool_connections
+                .get_or_create(&state("in_use"))
+                .set(i64::from(open.saturating_sub(idle)));
+            observed
+                .pool_max
+                .get_or_create(&PoolLabels { pool })
+                .set(i64::from(store.pool_config().max_connections));
+        }
         observed
             .token_cache_entries
             .set(i64::try_from(self.auth.token_cache_entries()).unwrap_or(i64::MAX));

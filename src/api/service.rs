@@ -11,6 +11,7 @@ use crate::{
     engine::{Decision, Engine, layer::Obligation, permissions::PermissionSource},
     error::AuthzError,
     proto::{self, authorization_service_server::AuthorizationService},
+    store::Store,
     support::metrics::Metrics,
 };
 
@@ -21,6 +22,8 @@ pub struct AuthzService {
     max_batch_items: usize,
     admin_token: Option<String>,
     audit: Arc<AuditLog>,
+    /// Admin RPCs use a pool of their own.
+    admin_store: Arc<dyn Store>,
 }
 
 impl AuthzService {
@@ -31,6 +34,7 @@ impl AuthzService {
         max_batch_items: usize,
         admin_token: Option<String>,
         audit: Arc<AuditLog>,
+        admin_store: Arc<dyn Store>,
     ) -> Self {
         AuthzService {
             engine,
@@ -39,6 +43,7 @@ impl AuthzService {
             max_batch_items,
             admin_token,
             audit,
+            admin_store,
         }
     }
 
@@ -80,7 +85,7 @@ impl AuthzService {
 
     async fn switches(&self, changed: bool) -> Result<proto::KillSwitchesResponse, AuthzError> {
         Ok(proto::KillSwitchesResponse {
-            switches: admin::list_switches(self.engine.store()).await?,
+            switches: admin::list_switches(self.admin_store.as_ref()).await?,
             changed,
         })
     }
@@ -197,7 +202,7 @@ impl AuthorizationService for AuthzService {
         _request: Request<proto::GetRevisionRequest>,
     ) -> Result<Response<proto::GetRevisionResponse>, Status> {
         let started = Instant::now();
-        let result = self.engine.store().current_revision().await;
+        let result = self.admin_store.as_ref().current_revision().await;
         let result = result.map(|revision| proto::GetRevisionResponse { revision });
         self.answer("GetRevision", started, result)
     }
@@ -233,7 +238,8 @@ impl AuthorizationService for AuthzService {
             self.admin_check(&request, "SetKillSwitch")?;
             let r = request.get_ref();
             let event =
-                admin::set_switch(self.engine.store(), &r.scope, &r.reason, &r.set_by).await?;
+                admin::set_switch(self.admin_store.as_ref(), &r.scope, &r.reason, &r.set_by)
+                    .await?;
             self.audit.record(event);
             self.switches(true).await
         }
@@ -249,7 +255,7 @@ impl AuthorizationService for AuthzService {
         let result = async {
             self.admin_check(&request, "ClearKillSwitch")?;
             let r = request.get_ref();
-            let event = admin::clear_switch(self.engine.store(), &r.scope, &r.set_by).await?;
+            let event = admin::clear_switch(self.admin_store.as_ref(), &r.scope, &r.set_by).await?;
             let changed = event.is_some();
             if let Some(event) = event {
                 self.audit.record(event);
@@ -286,7 +292,7 @@ impl AuthorizationService for AuthzService {
         let started = Instant::now();
         let result = async {
             self.admin_check(&request, "QueryAudit")?;
-            let events = admin::query_audit(self.engine.store(), request.get_ref()).await?;
+            let events = admin::query_audit(self.admin_store.as_ref(), request.get_ref()).await?;
             let target = format!("{:?}", request.get_ref().target);
             self.audit.record(admin::admin_event(
                 "audit_queried",

@@ -18,7 +18,7 @@ use crate::{
         freshness::{self, Freshness},
         redis::RedisTier,
     },
-    engine::Engine,
+    engine::{Engine, replica::ReplicaReads},
     error::AuthzError,
     layers::{
         emergency::switches::{self, KillSwitches},
@@ -26,7 +26,7 @@ use crate::{
         rate_limit::{RateLimit, anomaly::Anomalies, limiter::Limiter},
         security_context::SecurityContext,
     },
-    store::{Backend, Store},
+    store::{Backend, Store, pools::Stores},
     support::{breaker::Breaker, metrics::Metrics, saturation::Saturation},
 };
 
@@ -58,11 +58,12 @@ pub struct Assembled {
 /// kill-switch followers, the audit writer, limiter housekeeping).
 pub async fn assemble(
     settings: &Settings,
-    store: Arc<dyn Store>,
+    stores: &Stores,
     metrics: Arc<Metrics>,
     stop: watch::Receiver<bool>,
 ) -> Result<Assembled, AuthzError> {
     let saturation = Saturation::start();
+    let store = stores.decisions.clone();
     store.observe_acquire(metrics.observed.pool_acquire.clone());
     // Start from the recent past of the change log, so that shared-tier
     // entries computed by other replicas since then can be checked and used.
@@ -76,12 +77,12 @@ pub async fn assemble(
         settings.cache_max_lag.0,
         metrics.clone(),
     ));
-    freshness.sync(store.as_ref()).await?;
+    freshness.sync(stores.follower.as_ref()).await?;
     let database = Arc::new(Breaker::new("database", DATABASE_COOL_OFF, metrics.clone()));
     let listen_url = (store.backend() == Backend::Postgres).then(|| settings.database_url.clone());
     let mut background = vec![tokio::spawn(freshness::follow(
         freshness.clone(),
-        store.clone(),
+        stores.follower.clone(),
         settings.change_poll.0,
         listen_url,
         database.clone(),
@@ -118,21 +119,27 @@ pub async fn assemble(
     )
     .map_err(AuthzError::invalid)?;
     let media_urls = UrlSigner::new(&settings.media_urls).map_err(AuthzError::invalid)?;
-    let kill_switches =
-        Arc::new(KillSwitches::load(store.as_ref(), &settings.emergency, metrics.clone()).await?);
+    let kill_switches = Arc::new(
+        KillSwitches::load(
+            stores.follower.as_ref(),
+            &settings.emergency,
+            metrics.clone(),
+        )
+        .await?,
+    );
     background.push(tokio::spawn(switches::follow(
         kill_switches.clone(),
         freshness.clone(),
-        store.clone(),
+        stores.follower.clone(),
         settings.change_poll.0,
     )));
     background.push(tokio::spawn(housekeeping(
         settings.clone(),
-        store.clone(),
+        stores.admin.clone(),
         freshness.clone(),
     )));
     let (audit, audit_writer) =
-        AuditLog::start(&settings.audit, store.clone(), metrics.clone(), stop)
+        AuditLog::start(&settings.audit, stores.audit.clone(), metrics.clone(), stop)
             .map_err(AuthzError::invalid)?;
     let rate_limit = match settings.rate_limit.enabled {
         false => None,
@@ -158,7 +165,7 @@ pub async fn assemble(
             )))
         }
     };
-    let engine = Arc::new(Engine::new(
+    let mut engine = Engine::new(
         layer_stack(StackParts {
             rate_limit,
             kill_switches,
@@ -168,11 +175,17 @@ pub async fn assemble(
             audit: audit.clone(),
         }),
         store,
-        metrics,
+        metrics.clone(),
         settings.max_chain_depth,
         database.clone(),
         saturation.clone(),
-    ));
+    );
+    if let Some(replica) = &stores.replica {
+        let reads = ReplicaReads::new(replica.clone(), metrics.observed.replica_revision.clone());
+        background.push(tokio::spawn(reads.clone().follow(settings.change_poll.0)));
+        engine = engine.with_replica(reads);
+    }
+    let engine = Arc::new(engine);
     Ok(Assembled {
         engine,
         cache,

@@ -527,6 +527,12 @@ pub struct Settings {
     #[serde(default)]
     pub emergency: crate::layers::emergency::switches::EmergencyConfig,
 
+    /// Pools besides the decisions pool (audit writer, followers, logins,
+    /// admin) and an optional read replica (TOML only: `[db_pools]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub db_pools: crate::store::pools::PoolsConfig,
+
     /// Layer 8: queue, spill file, JSON lines, denial bursts (TOML only:
     /// `[audit]`).
     #[arg(skip)]

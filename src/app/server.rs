@@ -37,7 +37,7 @@ use crate::{
     cache::warming::Warmer,
     error::AuthzError,
     proto::{self, authorization_service_server::AuthorizationServiceServer},
-    store::{self, Backend},
+    store::{self, Backend, pools::Stores},
     support::metrics::Metrics,
 };
 
@@ -87,9 +87,10 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         Some(files) => Some(TlsServer::load(files)?),
         None => None,
     };
-    let store = store::connect(&settings.database_url, &settings.pool()).await?;
+    let stores =
+        Stores::connect(&settings.database_url, &settings.pool(), &settings.db_pools).await?;
     if settings.migrate_on_start {
-        store.migrate().await?;
+        stores.admin.migrate().await?;
     }
     let metrics = Arc::new(Metrics::new());
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -102,7 +103,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         audit_writer,
         audit,
         saturation,
-    } = assemble(settings, store.clone(), metrics.clone(), stop_rx.clone()).await?;
+    } = assemble(settings, &stores, metrics.clone(), stop_rx.clone()).await?;
 
     // Predictive warming after each login or first use of a token.
     let warmer = Arc::new(Warmer::new(
@@ -114,7 +115,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
     let after_login = Arc::new(move |user| warmer.warm(user));
     let auth = auth_setup::authenticator(
         settings,
-        store.clone(),
+        stores.auth.clone(),
         Some(after_login),
         Some(audit.clone()),
         Some(&metrics),
@@ -136,8 +137,8 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         .local_addr()
         .map_err(bind_error("ops HTTP", settings.ops_listen))?;
 
-    if settings.demo_data && store.backend() == Backend::Sqlite {
-        demo::ensure(store.as_ref(), &engine, &auth, grpc_addr.port()).await?;
+    if settings.demo_data && stores.admin.backend() == Backend::Sqlite {
+        demo::ensure(stores.admin.as_ref(), &engine, &auth, grpc_addr.port()).await?;
     }
 
     let reflection = || {
@@ -175,6 +176,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         settings.max_batch_items,
         settings.admin_token.clone(),
         audit.clone(),
+        stores.admin.clone(),
     ))
     .max_decoding_message_size(settings.max_message_bytes)
     .max_encoding_message_size(max_response_bytes(settings));
@@ -230,7 +232,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         database,
         freshness,
         saturation,
-        store: store.clone(),
+        stores: stores.clone(),
         audit: audit.clone(),
         auth: auth_for_ops,
     };
@@ -277,7 +279,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         }
         // The audit writer has seen the stop: it writes what is queued.
         let _ = audit_writer.await;
-        store.close().await;
+        stores.close().await;
         grpc.map_err(|e| AuthzError::Internal(format!("gRPC server failed: {e}")))?;
         ops.map_err(|e| AuthzError::Internal(format!("ops server failed: {e}")))?;
         tracing::info!("stopped");

@@ -96,9 +96,14 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         store.migrate().await.unwrap_or_else(|e| panic!("{e}"));
         let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-        let assembled = assemble(&settings, store, Arc::new(Metrics::new()), stop_rx)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let assembled = assemble(
+            &settings,
+            &store::pools::Stores::single(store),
+            Arc::new(Metrics::new()),
+            stop_rx,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
         let built: Vec<(u8, &str)> = assembled
             .engine
             .layers()

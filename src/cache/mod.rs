@@ -110,7 +110,7 @@ impl PermissionCache {
                 origin: PermissionSource::DatabaseCache,
             });
         }
-        let set = resolver.compute(key).await?;
+        let set = resolver.compute_at(key, revision).await?;
         if let Some(redis) = &self.redis {
             redis.put(&key, &set, revision);
         }

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod layer;
 pub mod permissions;
+pub mod replica;
 pub mod resolver;
 
 use std::sync::Arc;
@@ -48,8 +49,6 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Builds the engine over an ordered stack; the relationship layers of
-    /// that stack also make up the resolver used on cache misses.
     /// Computes permission sets on misses (for warming the cache).
     pub fn resolver(&self) -> &Resolver {
         &self.resolver
@@ -60,6 +59,8 @@ impl Engine {
         self.resolver.store()
     }
 
+    /// Builds the engine over an ordered stack; the relationship layers of
+    /// that stack also make up the resolver used on cache misses.
     pub fn new(
         layers: Vec<Arc<dyn Layer>>,
         store: Arc<dyn Store>,
@@ -81,6 +82,12 @@ impl Engine {
             resolver,
             metrics,
         }
+    }
+
+    /// Fills the cache from a read replica where it has caught up.
+    pub fn with_replica(mut self, replica: Arc<replica::ReplicaReads>) -> Self {
+        self.resolver = self.resolver.with_replica(replica);
+        self
     }
 
     pub fn layers(&self) -> &[Arc<dyn Layer>] {

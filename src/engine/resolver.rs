@@ -12,6 +12,7 @@ use crate::{
     engine::{
         layer::Layer,
         permissions::{Absence, Deps, Grant, PermissionSet},
+        replica::ReplicaReads,
     },
     error::{AuthzError, OVERLOAD_RETRY},
     model::PermissionKey,
@@ -41,6 +42,8 @@ pub struct Resolver {
     queue: Arc<ExpectedWait>,
     acquire_timeout: Duration,
     saturation: Arc<Saturation>,
+    /// A read replica for cache fills, where it has caught up.
+    replica: Option<Arc<ReplicaReads>>,
 }
 
 /// The longest a facts query may take when the request carries no deadline.
@@ -74,7 +77,14 @@ impl Resolver {
             queue,
             acquire_timeout: pool.acquire_timeout,
             saturation,
+            replica: None,
         }
+    }
+
+    /// Reads cache fills from a replica once it has caught up.
+    pub fn with_replica(mut self, replica: Arc<ReplicaReads>) -> Self {
+        self.replica = Some(replica);
+        self
     }
 
     pub fn store(&self) -> &dyn Store {
@@ -91,6 +101,26 @@ impl Resolver {
     /// pool can start it within the request's budget; the breaker counts
     /// what the database did, never time spent in our own queues.
     pub async fn compute(&self, key: PermissionKey) -> Result<PermissionSet, AuthzError> {
+        self.compute_on(self.store.as_ref(), key).await
+    }
+
+    /// As `compute`, for a set stamped with `revision`: from the read
+    /// replica when it has applied that revision, else from the primary.
+    pub async fn compute_at(
+        &self,
+        key: PermissionKey,
+        revision: i64,
+    ) -> Result<PermissionSet, AuthzError> {
+        let replica = self.replica.as_ref().and_then(|r| r.serving(revision));
+        self.compute_on(replica.unwrap_or(self.store.as_ref()), key)
+            .await
+    }
+
+    async fn compute_on(
+        &self,
+        store: &dyn Store,
+        key: PermissionKey,
+    ) -> Result<PermissionSet, AuthzError> {
         if !self.database.allows() {
             return Err(AuthzError::Unavailable(
                 "the database is unreachable (circuit breaker open) and no cached answer is \
@@ -124,7 +154,7 @@ impl Resolver {
         );
         let facts = tokio::time::timeout(
             budget,
-            self.store
+            store
                 .permission_facts(key.subject, key.resource, self.max_chain_depth)
                 .instrument(span),
         )
@@ -137,7 +167,7 @@ impl Resolver {
             }
             Ok(Err(e)) => return Err(self.failed(e)),
             Err(_) if budget < FACTS_DEADLINE => return Err(deadline::expired()),
-            Err(_) => return Err(self.timed_out(started)),
+            Err(_) => return Err(self.timed_out(store, started)),
         };
         let set = self.evaluate(facts.as_ref());
         if let Some(fault @ (Absence::ChainCycle | Absence::ChainTooDeep)) = set.absence {
@@ -176,8 +206,8 @@ impl Resolver {
 
     /// A facts query that ran out of time: the database's fault unless this
     /// replica's own queues (a busy pool, a starved runtime) took the time.
-    fn timed_out(&self, started: Instant) -> AuthzError {
-        if self.store.pool_busy() || self.saturation.starved_since(started, FACTS_DEADLINE / 2) {
+    fn timed_out(&self, store: &dyn Store, started: Instant) -> AuthzError {
+        if store.pool_busy() || self.saturation.starved_since(started, FACTS_DEADLINE / 2) {
             return AuthzError::overloaded(
                 "this replica is too busy to finish the database query in time; retry shortly",
             );

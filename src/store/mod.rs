@@ -4,6 +4,7 @@
 pub mod audit_event;
 pub mod auth;
 pub mod control;
+pub mod pools;
 pub mod retention;
 mod sql;
 

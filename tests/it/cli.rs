@@ -241,9 +241,21 @@ async fn secrets_never_print() {
             assert!(!text.contains(secret), "{what} printed {secret}: {text}");
         }
     };
-    let (ok, text) = velro(&["config"], &env);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("velro.toml");
+    std::fs::write(
+        &file,
+        "[db_pools]\nreplica_url = \"postgres://app:hunter2@replica:5432/velro\"\n",
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let (ok, text) = velro(&["config", "--config", &file], &env);
     assert!(ok, "{text}");
     clean("config", &text);
+    assert!(
+        text.contains("replica_url = \"postgres://app:***@replica:5432/velro\""),
+        "{text}"
+    );
     assert!(
         text.contains("postgres://app:***@127.0.0.1:1/velro?sslmode=disable&password=***"),
         "{text}"

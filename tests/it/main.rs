@@ -20,6 +20,7 @@ mod loadgen;
 mod logins;
 mod media_urls;
 mod overload;
+mod pools;
 mod prometheus;
 mod rate_limit;
 mod reference_model;

@@ -4,7 +4,11 @@
 
 use velro_authz::proto::Decision;
 
-use crate::common::{Db, TestDb, TestServer, fixture::{World, authorize}, settings};
+use crate::common::{
+    Db, TestDb, TestServer,
+    fixture::{World, authorize},
+    settings,
+};
 use crate::on_both_databases;
 
 async fn starts_on_a_newer_schema(kind: Db) {
@@ -28,9 +32,17 @@ async fn starts_on_a_newer_schema(kind: Db) {
     s.migrate_on_start = true;
     let server = TestServer::start(s).await;
     let r = server
-        .decide(authorize(world.viewer, "read", "project", world.team.project))
+        .decide(authorize(
+            world.viewer,
+            "read",
+            "project",
+            world.team.project,
+        ))
         .await;
     assert_eq!(r.decision(), Decision::Allow);
     server.stop().await;
 }
-on_both_databases!(the_current_binary_starts_on_a_schema_one_migration_ahead, starts_on_a_newer_schema);
+on_both_databases!(
+    the_current_binary_starts_on_a_schema_one_migration_ahead,
+    starts_on_a_newer_schema
+);

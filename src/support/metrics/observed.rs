@@ -13,9 +13,16 @@ use prometheus_client::{
     registry::Registry,
 };
 
-/// A state of pooled connections: `idle` or `in_use`.
+/// A pool (the kind of work it serves: `decisions`, `audit`, …).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct StateLabels {
+pub struct PoolLabels {
+    pub pool: &'static str,
+}
+
+/// A pool and a state of its connections: `idle` or `in_use`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolStateLabels {
+    pub pool: &'static str,
     pub state: &'static str,
 }
 
@@ -37,8 +44,8 @@ fn seconds() -> Histogram {
 }
 
 pub struct ObservedMetrics {
-    pub pool_connections: Family<StateLabels, Gauge>,
-    pub pool_max: Gauge,
+    pub pool_connections: Family<PoolStateLabels, Gauge>,
+    pub pool_max: Family<PoolLabels, Gauge>,
     /// Time a decision's query waited for a pooled connection.
     pub pool_acquire: Histogram,
     pub redis_calls: Family<RedisLabels, Histogram, fn() -> Histogram>,
@@ -51,13 +58,16 @@ pub struct ObservedMetrics {
     pub spans_dropped: Counter,
     pub spans_exported: Counter,
     pub build: Family<BuildLabels, Gauge>,
+    /// The newest revision the read replica was seen to have applied (-1:
+    /// unreachable; absent without a replica).
+    pub replica_revision: Gauge,
 }
 
 impl Default for ObservedMetrics {
     fn default() -> Self {
         let metrics = ObservedMetrics {
             pool_connections: Family::default(),
-            pool_max: Gauge::default(),
+            pool_max: Family::default(),
             pool_acquire: seconds(),
             redis_calls: Family::new_with_constructor(seconds as fn() -> Histogram),
             token_cache_entries: Gauge::default(),
@@ -68,6 +78,7 @@ impl Default for ObservedMetrics {
             spans_dropped: Counter::default(),
             spans_exported: Counter::default(),
             build: Family::default(),
+            replica_revision: Gauge::default(),
         };
         metrics
             .build
@@ -83,18 +94,24 @@ impl ObservedMetrics {
     pub(super) fn register(&self, registry: &mut Registry) {
         registry.register(
             "db_pool_connections",
-            "Pooled database connections by state (idle, in_use)",
+            "Pooled database connections by pool (decisions, follower, audit, auth, \
+             admin, replica) and state (idle, in_use)",
             self.pool_connections.clone(),
         );
         registry.register(
             "db_pool_max_connections",
-            "The database pool's size limit",
+            "Each database pool's size limit",
             self.pool_max.clone(),
         );
         registry.register(
             "db_pool_acquire_seconds",
             "Time a decision's query waited for a pooled connection",
             self.pool_acquire.clone(),
+        );
+        registry.register(
+            "db_replica_revision",
+            "The change-log revision the read replica was last seen at (-1: unreachable)",
+            self.replica_revision.clone(),
         );
         registry.register(
             "redis_call_seconds",

@@ -188,6 +188,13 @@ pub fn settings(database_url: &str) -> Settings {
     s.database_url = database_url.to_owned();
     s.demo_data = false;
     s.db_max_connections = 8;
+    // Dozens of servers share one PostgreSQL during a test run: the other
+    // kinds of work get a connection or two each.
+    for pool in [&mut s.db_pools.audit, &mut s.db_pools.auth] {
+        pool.max_connections = 2;
+    }
+    s.db_pools.follower.max_connections = 1;
+    s.db_pools.admin.max_connections = 1;
     s.drain_delay = HumanDuration(Duration::ZERO);
     // Cheap password hashing: tests check behaviour, not hash strength.
     s.argon2_memory_kib = 1024;
