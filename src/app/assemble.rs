@@ -18,7 +18,7 @@ use crate::{
         freshness::{self, Freshness},
         redis::RedisTier,
     },
-    engine::{Engine, replica::ReplicaReads},
+    engine::{Engine, replica::ReplicaReads, rollout::Rollout},
     error::AuthzError,
     layers::{
         emergency::switches::{self, KillSwitches},
@@ -48,6 +48,8 @@ pub struct Assembled {
     pub audit: Arc<AuditLog>,
     /// The runtime's scheduling lag (admission and breakers read it).
     pub saturation: Arc<Saturation>,
+    /// The guards' rollout modes (reloaded with the config file).
+    pub rollout: Arc<Rollout>,
     /// Followers and housekeeping: aborted at shutdown.
     pub background: Vec<JoinHandle<()>>,
     /// Ends by itself after `stop`, once the queued events are written.
@@ -185,8 +187,10 @@ pub async fn assemble(
         background.push(tokio::spawn(reads.clone().follow(settings.change_poll.0)));
         engine = engine.with_replica(reads);
     }
-    let engine = Arc::new(engine);
+    let rollout = Rollout::new(settings.rollout.clone());
+    let engine = Arc::new(engine.with_rollout(rollout.clone()));
     Ok(Assembled {
+        rollout,
         engine,
         cache,
         freshness,

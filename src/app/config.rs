@@ -527,6 +527,13 @@ pub struct Settings {
     #[serde(default)]
     pub emergency: crate::layers::emergency::switches::EmergencyConfig,
 
+    /// Shadow mode and gradual rollout of the guards (layers 4, 9, 10) and
+    /// ext_authz's dry run; reloaded without a restart (TOML only:
+    /// `[rollout]`).
+    #[arg(skip)]
+    #[serde(default)]
+    pub rollout: crate::engine::rollout::RolloutConfig,
+
     /// Pools besides the decisions pool (audit writer, followers, logins,
     /// admin) and an optional read replica (TOML only: `[db_pools]`).
     #[arg(skip)]

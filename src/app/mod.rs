@@ -8,5 +8,6 @@ pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod output;
+pub mod reload;
 pub mod server;
 pub mod stack;

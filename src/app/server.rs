@@ -31,9 +31,8 @@ use crate::{
         assemble::{Assembled, assemble},
         auth_setup,
         config::Settings,
-        demo,
+        demo, reload,
     },
-    auth::keys::KeyRing,
     cache::warming::Warmer,
     error::AuthzError,
     proto::{self, authorization_service_server::AuthorizationServiceServer},
@@ -103,6 +102,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         audit_writer,
         audit,
         saturation,
+        rollout,
     } = assemble(settings, &stores, metrics.clone(), stop_rx.clone()).await?;
 
     // Predictive warming after each login or first use of a token.
@@ -166,6 +166,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         metrics.clone(),
         settings.ext_authz.clone(),
         admission.clone(),
+        audit.clone(),
     )?)
     .max_decoding_message_size(settings.max_message_bytes)
     .max_encoding_message_size(max_response_bytes(settings));
@@ -268,7 +269,11 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         tokio::time::sleep(drain_delay).await;
         let _ = stop_tx.send(true);
     };
-    let key_watch = tokio::spawn(watch_keys(keys, tls.clone()));
+    let rollout_file = settings
+        .config
+        .clone()
+        .map(|path| reload::RolloutFile::new(path, rollout));
+    let key_watch = tokio::spawn(reload::watch(keys, tls.clone(), rollout_file));
     let task = tokio::spawn(async move {
         let cut_off = tokio::spawn(cut_off);
         let (grpc, ops, ()) = tokio::join!(grpc, ops, drainer);
@@ -299,43 +304,6 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         drain: Some(drain_tx),
         task,
     })
-}
-
-/// How often the key files are looked at for changes.
-const KEY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Reloads the signing keys (and the TLS files) when their files change,
-/// or on SIGHUP.
-async fn watch_keys(keys: Arc<KeyRing>, tls: Option<Arc<TlsServer>>) {
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-    loop {
-        #[cfg(unix)]
-        {
-            let signal = async {
-                match hangup.as_mut() {
-                    Some(h) => h.recv().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                _ = signal => {
-                    tracing::info!("SIGHUP: reading the signing keys again");
-                    if let Err(e) = keys.reload() {
-                        tracing::error!("signing keys not reloaded (the old ones stay in force): {e}");
-                    }
-                    continue;
-                }
-                _ = tokio::time::sleep(KEY_POLL) => {}
-            }
-        }
-        #[cfg(not(unix))]
-        tokio::time::sleep(KEY_POLL).await;
-        keys.reload_if_changed();
-        if let Some(tls) = &tls {
-            tls.reload_if_changed();
-        }
-    }
 }
 
 async fn stopped(mut stop: watch::Receiver<bool>) {

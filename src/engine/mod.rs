@@ -6,6 +6,7 @@ pub mod layer;
 pub mod permissions;
 pub mod replica;
 pub mod resolver;
+pub mod rollout;
 
 use std::sync::Arc;
 
@@ -17,12 +18,13 @@ use crate::{
     error::AuthzError,
     model::{Consistency, Permissions, Query, RequestFacts},
     store::Store,
-    support::metrics::Metrics,
+    support::metrics::{Metrics, ShadowLabels},
 };
 use batch::BatchMemo;
 use layer::{Check, Context, DEFAULT_DENY, Layer, LayerId, Obligation, Outcome, Step, Verdict};
 use permissions::{Absence, PermissionSource};
 use resolver::Resolver;
+use rollout::Rollout;
 
 /// The outcome of one query, with its explanation.
 #[derive(Clone, Debug)]
@@ -39,6 +41,17 @@ pub struct Decision {
     pub obligations: Vec<Obligation>,
 }
 
+/// The flag a guard's unenforced denial raises; `None` for layers that are
+/// never shadowed (relationships, cache, audit).
+fn would_deny_flag(layer: &str) -> Option<&'static str> {
+    match layer {
+        "security_context" => Some("would_deny:security_context"),
+        "emergency" => Some("would_deny:emergency"),
+        "rate_limit" => Some("would_deny:rate_limit"),
+        _ => None,
+    }
+}
+
 /// How many items of one batch are evaluated at once.
 const BATCH_CONCURRENCY: usize = 32;
 
@@ -46,6 +59,8 @@ pub struct Engine {
     layers: Vec<Arc<dyn Layer>>,
     resolver: Resolver,
     metrics: Arc<Metrics>,
+    /// Which guards' denials are enforced, for whom.
+    rollout: Arc<Rollout>,
 }
 
 impl Engine {
@@ -81,7 +96,19 @@ impl Engine {
             layers,
             resolver,
             metrics,
+            rollout: Arc::default(),
         }
+    }
+
+    /// Applies guards' denials as `rollout` says (shadow, a share of
+    /// subjects); without it every denial is enforced.
+    pub fn with_rollout(mut self, rollout: Arc<Rollout>) -> Self {
+        self.rollout = rollout;
+        self
+    }
+
+    pub fn rollout(&self) -> &Arc<Rollout> {
+        &self.rollout
     }
 
     /// Fills the cache from a read replica where it has caught up.
@@ -164,10 +191,13 @@ impl Engine {
             };
             match step {
                 Ok(Step::Pass) => {}
+                Ok(Step::Decide(verdict))
+                    if !verdict.allow && self.shadowed(&mut ctx, layer.id(), verdict.reason) => {}
                 Ok(Step::Decide(verdict)) => {
                     let decided_by = layer.id();
                     return Ok(self.finish(ctx, decided_by, verdict));
                 }
+                Err(_) if self.shadowed(&mut ctx, layer.id(), "ERROR") => {}
                 Err(error) => {
                     let outcome = Outcome::Failed {
                         layer: layer.id(),
@@ -182,6 +212,29 @@ impl Engine {
         }
         let verdict = default_deny(&ctx);
         Ok(self.finish(ctx, DEFAULT_DENY, verdict))
+    }
+
+    /// A guard's denial (or failure) that its rollout does not enforce for
+    /// this subject: recorded in the metric, the response's and the audit
+    /// event's flags, and the request goes on to the next layer.
+    fn shadowed(&self, ctx: &mut Context<'_>, layer: LayerId, reason: &'static str) -> bool {
+        let Some(flag) = would_deny_flag(layer.name) else {
+            return false;
+        };
+        let subject = ctx.query.subject.to_string();
+        if self.rollout.enforces(layer.name, reason, &subject) {
+            return false;
+        }
+        self.metrics
+            .ops
+            .shadow_denials
+            .get_or_create(&ShadowLabels {
+                layer: layer.name,
+                reason,
+            })
+            .inc();
+        ctx.flags.push(flag);
+        true
     }
 
     fn finish(&self, ctx: Context<'_>, decided_by: LayerId, verdict: Verdict) -> Decision {

@@ -31,6 +31,13 @@ pub(crate) struct Answer {
     body: String,
 }
 
+impl Answer {
+    /// A header the answer adds upstream (or to the denial).
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.added.get(name).map(String::as_str)
+    }
+}
+
 fn read(response: CheckResponse) -> Answer {
     let header_map = |h: &[envoy_types::pb::envoy::config::core::v3::HeaderValueOption]| {
         h.iter()

@@ -26,6 +26,7 @@ mod rate_limit;
 mod reference_model;
 mod retention;
 mod rollback;
+mod rollout;
 mod rules;
 mod security_context;
 mod service;

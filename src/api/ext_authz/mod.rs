@@ -4,6 +4,7 @@
 //! `Authorize`. Every failure is an explicit deny in the response, never a
 //! gRPC error, so a gateway with `failure_mode_allow` still fails closed.
 
+mod dry_run;
 pub mod routes;
 
 use std::{net::IpAddr, sync::Arc, time::Instant};
@@ -24,11 +25,12 @@ use crate::{
         transport::{admission::Admission, callers::CallerRefused},
         validate,
     },
+    audit::AuditLog,
     auth::Authenticator,
     engine::Engine,
     error::AuthzError,
     model::{Consistency, Query, RequestFacts},
-    support::metrics::Metrics,
+    support::metrics::{Metrics, ShadowLabels},
     support::telemetry,
 };
 use routes::{Match, Route, RouteTable};
@@ -136,6 +138,8 @@ impl Deny {
 
 pub struct ExtAuthzService {
     engine: Arc<Engine>,
+    /// Where dry-run allows are recorded.
+    audit: Arc<AuditLog>,
     admission: Arc<Admission>,
     auth: Arc<Authenticator>,
     metrics: Arc<Metrics>,
@@ -150,11 +154,13 @@ impl ExtAuthzService {
         metrics: Arc<Metrics>,
         config: ExtAuthzConfig,
         admission: Arc<Admission>,
+        audit: Arc<AuditLog>,
     ) -> Result<Self, AuthzError> {
         let table = RouteTable::new(&config.routes)
             .map_err(|e| AuthzError::invalid(format!("ext_authz: {e}")))?;
         Ok(ExtAuthzService {
             engine,
+            audit,
             admission,
             auth,
             metrics,
@@ -315,6 +321,36 @@ impl ExtAuthzService {
     }
 }
 
+impl ExtAuthzService {
+    /// Allows what would have been denied, saying so upstream, in the audit
+    /// log and in `velro_authz_shadow_denials_total{layer="ext_authz"}`.
+    fn dry_run(&self, deny: Deny, request: &CheckRequest) -> (u16, CheckResponse) {
+        let status = deny.wire.http.as_u16();
+        self.audit
+            .record(dry_run::event(status, deny.reason, &deny.message, request));
+        self.metrics
+            .ops
+            .shadow_denials
+            .get_or_create(&ShadowLabels {
+                layer: "ext_authz",
+                reason: deny.reason,
+            })
+            .inc();
+        let mut ok = OkHttpResponseBuilder::new();
+        ok.remove_header(&self.config.user_header)
+            .remove_header(&self.config.decision_header)
+            .add_header(
+                dry_run::HEADER,
+                dry_run::verdict(status, deny.reason),
+                Some(HeaderAppendAction::OverwriteIfExistsOrAdd),
+                false,
+            );
+        let mut response = CheckResponse::with_status(Status::ok("allowed (dry run)"));
+        response.set_http_response(ok.build());
+        (200, response)
+    }
+}
+
 /// The check's span: Envoy's trace continues from the `traceparent` of
 /// the HTTP request it asks about.
 fn check_span(request: &CheckRequest) -> tracing::Span {
@@ -355,15 +391,20 @@ impl Authorization for ExtAuthzService {
         request: Request<CheckRequest>,
     ) -> Result<Response<CheckResponse>, Status> {
         let started = Instant::now();
-        let outcome = match request.extensions().get::<CallerRefused>() {
-            Some(CallerRefused(refused)) => Err(Deny::from_error(refused)),
-            None => {
-                self.decide(request.get_ref())
-                    .instrument(check_span(request.get_ref()))
-                    .await
-            }
+        let (code, response) = match request.extensions().get::<CallerRefused>() {
+            // A caller not allowed to ask is refused, dry run or not.
+            Some(CallerRefused(refused)) => self.answer(Err(Deny::from_error(refused))),
+            None => match self
+                .decide(request.get_ref())
+                .instrument(check_span(request.get_ref()))
+                .await
+            {
+                Err(deny) if self.engine.rollout().ext_authz_dry_run() => {
+                    self.dry_run(deny, request.get_ref())
+                }
+                outcome => self.answer(outcome),
+            },
         };
-        let (code, response) = self.answer(outcome);
         self.metrics
             .record_rpc("ext_authz.Check", status_label(code), started.elapsed());
         Ok(Response::new(response))

@@ -57,6 +57,13 @@ pub struct LimitLabels {
     pub limiter: &'static str,
 }
 
+/// A guard's denial that was not enforced (shadow or outside the rollout).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShadowLabels {
+    pub layer: &'static str,
+    pub reason: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -105,6 +112,8 @@ pub struct OpsMetrics {
     /// Rate-limit checks answered in process because Redis was skipped or failed.
     pub rate_limit_fallbacks: Counter,
     pub kill_switches_active: Gauge,
+    /// Would-be denials of guards in shadow mode or outside their rollout.
+    pub shadow_denials: Family<ShadowLabels, Counter>,
     /// 1 while the replica serves degraded (database unreachable).
     pub degraded: Gauge,
 }
@@ -147,6 +156,12 @@ impl OpsMetrics {
         for (name, help, counter) in counters {
             registry.register(name, help, counter.clone());
         }
+        registry.register(
+            "shadow_denials",
+            "Denials a guard would have made but did not enforce (shadow mode or outside \
+             its rollout share), by layer and reason",
+            self.shadow_denials.clone(),
+        );
         registry.register(
             "breaker_state",
             "Circuit breaker state by dependency: 0 closed, 1 open, 2 half-open",
