@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Hot Authorize measured with a neutral client (h2load, from Debian's
+# nghttp2-client) over plaintext and over TLS (steady state on long-lived
+# connections, and the handshake on new ones), on the embedded SQLite
+# default with the reference workload.
+#   bash ghz_bench/h2load.sh [requests]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+requests=${1:-200000}
+command -v h2load >/dev/null || { echo "h2load is missing: apt-get install nghttp2-client" >&2; exit 1; }
+cargo build --release --locked --bins
+work=$(mktemp -d)
+cleanup() { [ -n "${server:-}" ] && kill "$server" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+db="sqlite://$work/bench.db"
+target/release/velro-authz migrate --database-url "$db" >/dev/null 2>&1
+target/release/velro-authz seed --database-url "$db" >/dev/null
+target/release/velro-loadgen data --out "$work/data" >/dev/null
+python3 ghz_bench/grpc_body.py "$work/data/authorize_hot.json" 0 "$work/body.bin"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+printf '[audit]\nspill_path = "%s/audit.spill"\n' "$work" > "$work/velro.toml"
+
+serve() {
+    VELRO_DATABASE_URL=$db VELRO_LISTEN=127.0.0.1:50152 VELRO_OPS_LISTEN=127.0.0.1:9192 \
+        VELRO_DEMO_DATA=false VELRO_LOG=warn "$@" \
+        target/release/velro-authz serve --config "$work/velro.toml" >>"$work/server.log" 2>&1 &
+    server=$!
+    for _ in $(seq 100); do curl -sf http://127.0.0.1:9192/ready >/dev/null && break; sleep 0.1; done
+}
+stop() { kill "$server"; wait "$server" 2>/dev/null || true; server=; }
+load() {
+    local label=$1 scheme=$2 clients=$3 streams=$4 count=$5
+    h2load -n "$count" -c "$clients" -m "$streams" -t 1 -d "$work/body.bin" \
+        -H 'content-type: application/grpc' -H 'te: trailers' \
+        "$scheme://127.0.0.1:50152/velro.authz.v1.AuthorizationService/Authorize" >"$work/$label.txt"
+    local rps connect status
+    rps=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' "$work/$label.txt")
+    connect=$(awk '/time for connect/{print $6" "$7}' "$work/$label.txt")
+    status=$(sed -n 's/^status codes: //p' "$work/$label.txt")
+    printf '%-24s %10s req/s   connect mean/sd %-16s %s\n' "$label" "$rps" "$connect" "$status"
+}
+echo "h2load: $requests hot Authorize requests, 8 connections x 8 streams (steady state);"
+echo "then 1,000 connections of one request each (the handshake's cost: req/s = connections/s)."
+serve
+load warm-up http 8 8 20000 >/dev/null
+load plaintext http 8 8 "$requests"
+load plaintext-1-per-conn http 1000 1 1000
+stop
+serve env VELRO_TLS_CERT="$work/cert.pem" VELRO_TLS_KEY="$work/key.pem"
+load warm-up-tls https 8 8 20000 >/dev/null
+load tls https 8 8 "$requests"
+load tls-1-per-conn https 1000 1 1000
+stop
+# Tracing's cost: spans for every request (sampled 1.0) and 1 in 100, with
+# an OTLP endpoint that refuses (spans are built, batched and dropped).
+for sampling in 1.0 0.01; do
+    serve env VELRO_OTLP_ENDPOINT=http://127.0.0.1:9 VELRO_TRACE_SAMPLING=$sampling
+    load warm-up-traces http 8 8 20000 >/dev/null
+    load "traces-$sampling" http 8 8 "$requests"
+    stop
+done
