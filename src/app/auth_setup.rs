@@ -41,6 +41,7 @@ pub async fn authenticator(
         settings.access_token_ttl.0.as_secs(),
         &settings.external_issuers,
     )?;
+    tokens.start_jwks_refresh().await;
     let hashing = PasswordHashing::new(
         settings.hash_params(),
         settings.password_threads(),

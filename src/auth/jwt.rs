@@ -1,6 +1,6 @@
 //! Access tokens: issued as EdDSA JWTs with our keys, and verified for our
 //! issuer or a configured external one (HS256 secret, or RS256/ES256 keys
-//! from a JWKS file), each with its own algorithms, audience and leeway.
+//! from a JWKS URL or file), each with its own algorithms, audience and leeway.
 //! The issuer is read from the unverified payload only to pick the rules;
 //! nothing from it is trusted before the signature and claims verify.
 
@@ -13,7 +13,7 @@ use jsonwebtoken::{
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use super::keys::KeyRing;
+use super::{jwks::RemoteJwks, keys::KeyRing};
 use crate::{error::AuthzError, support::duration::HumanDuration};
 
 /// Longest token looked at.
@@ -27,7 +27,8 @@ pub struct ExternalIssuer {
     pub issuer: String,
     /// The `aud` its tokens must carry.
     pub audience: String,
-    /// Accepted algorithms: HS256 (with `hs256_secret`), RS256 or ES256 (with `jwks_file`).
+    /// Accepted algorithms: HS256 (with `hs256_secret`), RS256 or ES256
+    /// (with `jwks_url` or `jwks_file`).
     pub algorithms: Vec<String>,
     #[serde(default = "default_leeway")]
     pub leeway: HumanDuration,
@@ -35,6 +36,12 @@ pub struct ExternalIssuer {
     pub hs256_secret: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_file: Option<PathBuf>,
+    /// The identity provider's JWKS, fetched at start and every
+    /// `jwks_refresh`, and again for an unknown key id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<String>,
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: HumanDuration,
     /// The longest lifetime (`exp - iat`) accepted from this issuer; a
     /// token without `iat` may not expire later than this from now.
     #[serde(default = "default_max_lifetime")]
@@ -43,6 +50,10 @@ pub struct ExternalIssuer {
 
 fn default_leeway() -> HumanDuration {
     HumanDuration(std::time::Duration::from_secs(30))
+}
+
+fn default_jwks_refresh() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(300))
 }
 
 fn default_max_lifetime() -> HumanDuration {
@@ -78,6 +89,7 @@ enum IssuerKeys {
     Own(Arc<KeyRing>),
     Secret(DecodingKey),
     Jwks(JwkSet),
+    Remote(Arc<RemoteJwks>),
 }
 
 struct Issuer {
@@ -88,6 +100,8 @@ struct Issuer {
     keys: IssuerKeys,
     /// Seconds; `None` for our own tokens (we issue them).
     max_lifetime: Option<u64>,
+    /// How often a JWKS URL is fetched again.
+    jwks_refresh: std::time::Duration,
 }
 
 fn unauthenticated(message: impl Into<String>) -> AuthzError {
@@ -110,11 +124,15 @@ impl Issuer {
                 ))),
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let keys = match (&config.hs256_secret, &config.jwks_file) {
-            (Some(secret), None) if algorithms == [Algorithm::HS256] => {
+        let asymmetric = !algorithms.contains(&Algorithm::HS256);
+        let keys = match (&config.hs256_secret, &config.jwks_file, &config.jwks_url) {
+            (Some(secret), None, None) if algorithms == [Algorithm::HS256] => {
                 IssuerKeys::Secret(DecodingKey::from_secret(secret.as_bytes()))
             }
-            (None, Some(path)) if !algorithms.contains(&Algorithm::HS256) => {
+            (None, None, Some(url)) if asymmetric => {
+                IssuerKeys::Remote(RemoteJwks::new(&config.issuer, url).map_err(bad)?)
+            }
+            (None, Some(path), None) if asymmetric => {
                 let text = std::fs::read_to_string(path)
                     .map_err(|e| bad(format!("{}: {e}", path.display())))?;
                 IssuerKeys::Jwks(
@@ -124,7 +142,8 @@ impl Issuer {
             }
             _ => {
                 return Err(bad(
-                    "give hs256_secret with algorithms [\"HS256\"], or jwks_file with RS256/ES256"
+                    "give hs256_secret with algorithms [\"HS256\"], or one of jwks_url and \
+                     jwks_file with RS256/ES256"
                         .into(),
                 ));
             }
@@ -136,6 +155,7 @@ impl Issuer {
             leeway: config.leeway.0.as_secs(),
             keys,
             max_lifetime: Some(config.max_token_lifetime.0.as_secs()),
+            jwks_refresh: config.jwks_refresh.0,
         })
     }
 
@@ -149,20 +169,30 @@ impl Issuer {
                     .ok_or_else(|| unauthenticated("the token's key id (kid) is not one of ours"))
             }
             IssuerKeys::Secret(key) => Ok(key.clone()),
-            IssuerKeys::Jwks(set) => {
-                let jwk = match kid {
-                    Some(kid) => set.find(kid),
-                    None if set.keys.len() == 1 => set.keys.first(),
-                    None => None,
-                }
-                .ok_or_else(|| {
-                    unauthenticated("the token's key id (kid) is not in the issuer's JWKS")
-                })?;
-                DecodingKey::from_jwk(jwk)
-                    .map_err(|e| AuthzError::Internal(format!("issuer key: {e}")))
-            }
+            IssuerKeys::Jwks(set) => Issuer::from_set(set, kid),
+            IssuerKeys::Remote(remote) => Issuer::from_set(&remote.current(), kid),
         }
     }
+
+    fn from_set(set: &JwkSet, kid: Option<&str>) -> Result<DecodingKey, AuthzError> {
+        let jwk = match kid {
+            Some(kid) => set.find(kid),
+            None if set.keys.len() == 1 => set.keys.first(),
+            None => None,
+        }
+        .ok_or_else(|| unauthenticated("the token's key id (kid) is not in the issuer's JWKS"))?;
+        DecodingKey::from_jwk(jwk).map_err(|e| AuthzError::Internal(format!("issuer key: {e}")))
+    }
+}
+
+/// The unverified payload's issuer: only to pick the rules.
+#[derive(Deserialize)]
+struct Peek {
+    iss: Option<String>,
+}
+
+fn peek_issuer(token: &str) -> Option<String> {
+    dangerous::insecure_decode_claims::<Peek>(token).ok()?.iss
 }
 
 /// Issues and verifies access tokens.
@@ -204,6 +234,7 @@ impl TokenService {
                 leeway,
                 keys: IssuerKeys::Own(keys.clone()),
                 max_lifetime: None,
+                jwks_refresh: std::time::Duration::ZERO,
             },
             external: external
                 .iter()
@@ -240,8 +271,51 @@ impl TokenService {
         Ok((token, exp))
     }
 
+    /// Verifies a token; a key id unknown to an issuer with a JWKS URL
+    /// fetches its keys again first (rate limited), so a rotation at the
+    /// identity provider is seen at the first token signed with the new key.
+    pub async fn verify(&self, token: &str) -> Result<VerifiedClaims, AuthzError> {
+        match self.verify_now(token) {
+            Err(refused) => match self.remote_missing_kid(token) {
+                Some(remote) if remote.fetch_for_unknown_kid().await => self.verify_now(token),
+                _ => Err(refused),
+            },
+            verified => verified,
+        }
+    }
+
+    /// The JWKS URL issuer of `token`, if it names a key id that issuer's
+    /// keys lack.
+    fn remote_missing_kid(&self, token: &str) -> Option<&Arc<RemoteJwks>> {
+        let header = decode_header(token).ok()?;
+        let iss = peek_issuer(token)?;
+        self.external.iter().find_map(|issuer| match &issuer.keys {
+            IssuerKeys::Remote(remote)
+                if issuer.name == iss && !remote.knows(header.kid.as_deref()) =>
+            {
+                Some(remote)
+            }
+            _ => None,
+        })
+    }
+
+    /// Each JWKS URL issuer's keys: fetched now (a failure is logged and
+    /// its tokens refused until a fetch succeeds), then refreshed in the
+    /// background for as long as this service lives.
+    pub async fn start_jwks_refresh(&self) {
+        for issuer in &self.external {
+            if let IssuerKeys::Remote(remote) = &issuer.keys {
+                let _ = remote.fetch().await;
+                tokio::spawn(RemoteJwks::follow(
+                    Arc::downgrade(remote),
+                    issuer.jwks_refresh,
+                ));
+            }
+        }
+    }
+
     /// Verifies signature, algorithm, issuer, audience, expiry and not-before.
-    pub fn verify(&self, token: &str) -> Result<VerifiedClaims, AuthzError> {
+    pub fn verify_now(&self, token: &str) -> Result<VerifiedClaims, AuthzError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(unauthenticated(format!(
                 "the token is {} bytes long; at most {MAX_TOKEN_BYTES} are accepted",
@@ -254,10 +328,6 @@ impl TokenService {
                 describe(e.kind())
             ))
         })?;
-        #[derive(Deserialize)]
-        struct Peek {
-            iss: Option<String>,
-        }
         let peek: Peek = dangerous::insecure_decode_claims(token)
             .map_err(|_| unauthenticated("the token's payload is not readable JSON"))?;
         let iss = peek

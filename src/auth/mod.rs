@@ -5,6 +5,7 @@
 //! microseconds; revoking on this replica evicts it at once.
 
 pub mod events;
+pub mod jwks;
 pub mod jwt;
 pub mod keys;
 pub mod password;
@@ -404,7 +405,7 @@ impl Authenticator {
         if let Some((_, misses)) = &self.token_cache_counters {
             misses.inc();
         }
-        let claims = self.tokens.verify(token)?;
+        let claims = self.tokens.verify(token).await?;
         let principal = Arc::new(self.principal(claims).await?);
         self.verified.insert(key, principal.clone()).await;
         if let Some(after_login) = &self.after_login {

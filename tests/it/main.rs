@@ -15,6 +15,7 @@ mod emergency;
 mod ext_authz;
 mod inheritance;
 mod invalidation;
+mod jwks;
 mod key_rotation;
 mod loadgen;
 mod logins;

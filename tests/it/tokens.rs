@@ -250,6 +250,10 @@ async fn an_es256_issuer_from_a_jwks_file() {
                 ),
                 hs256_secret: None,
                 jwks_file: Some(jwks_file.clone()),
+                jwks_url: None,
+                jwks_refresh: velro_authz::support::duration::HumanDuration(
+                    std::time::Duration::from_secs(300),
+                ),
                 max_token_lifetime: velro_authz::support::duration::HumanDuration(
                     std::time::Duration::from_secs(3600),
                 ),

@@ -134,6 +134,10 @@ pub fn external_issuer() -> ExternalIssuer {
         leeway: HumanDuration(std::time::Duration::from_secs(30)),
         hs256_secret: Some(EXTERNAL_SECRET.into()),
         jwks_file: None,
+        jwks_url: None,
+        jwks_refresh: velro_authz::support::duration::HumanDuration(
+            std::time::Duration::from_secs(300),
+        ),
         max_token_lifetime: HumanDuration(std::time::Duration::from_secs(24 * 3600)),
     }
 }
