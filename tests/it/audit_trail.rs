@@ -3,12 +3,7 @@
 //! while every other one lands, events answered during a database outage
 //! survive a SIGKILL, and security events are audit events.
 
-use std::{
-    net::TcpListener,
-    path::{Path, PathBuf},
-    process::Stdio,
-    time::Duration,
-};
+use std::{path::PathBuf, time::Duration};
 
 use tonic::{Code, Request};
 use uuid::Uuid;
@@ -22,6 +17,7 @@ use crate::common::{
     Db, TestDb, eventually,
     fixture::{World, authorize, item},
     login::{ADMIN_TOKEN, PASSWORD, auth_server},
+    process::{connect, free_port, serve},
     proxy::Proxy,
     world_server,
 };
@@ -275,54 +271,6 @@ async fn a_poisoned_spill_file_is_dead_lettered_and_every_other_event_lands() {
     server.stop().await;
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The server binary on a config file, as a process of its own.
-fn serve(config: &Path, database_url: &str, grpc: u16, ops: u16) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_velro-authz"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .args(["--database-url", database_url])
-        .args(["--listen", &format!("127.0.0.1:{grpc}")])
-        .args(["--ops-listen", &format!("127.0.0.1:{ops}")])
-        .args(["--demo-data", "false", "--log", "warn"])
-        .args(["--argon2-memory-kib", "1024", "--argon2-iterations", "1"])
-        .args(["--cache-max-lag", "60s"])
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
-}
-
-async fn connect(
-    grpc: u16,
-) -> proto::authorization_service_client::AuthorizationServiceClient<tonic::transport::Channel> {
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], grpc));
-    eventually(
-        Duration::from_secs(30),
-        "the server answering",
-        || async move {
-            match tonic::transport::Channel::from_shared(format!("http://{addr}"))
-                .unwrap()
-                .connect()
-                .await
-            {
-                Ok(channel) => Ok(
-                    proto::authorization_service_client::AuthorizationServiceClient::new(channel),
-                ),
-                Err(e) => Err(e.to_string()),
-            }
-        },
-    )
-    .await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn decisions_answered_during_an_outage_survive_a_sigkill() {
     let db = TestDb::create(Db::Postgres).await;
@@ -342,7 +290,7 @@ async fn decisions_answered_during_an_outage_survive_a_sigkill() {
     .unwrap();
     let url = proxy.route(&db.url);
     let (grpc, ops) = (free_port(), free_port());
-    let mut server = serve(&config, &url, grpc, ops);
+    let mut server = serve(&config, &url, grpc, ops, &[]);
     let mut client = connect(grpc).await;
     let users = [
         world.viewer,
@@ -375,7 +323,7 @@ async fn decisions_answered_during_an_outage_survive_a_sigkill() {
     server.kill().await.unwrap();
     proxy.restore();
     let (grpc, ops) = (free_port(), free_port());
-    let mut restarted = serve(&config, &url, grpc, ops);
+    let mut restarted = serve(&config, &url, grpc, ops, &[]);
     let total = users.len() + DURING;
     let rows = eventually(Duration::from_secs(30), "every decision stored", || async {
         let n = all_events(&db)

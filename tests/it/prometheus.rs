@@ -4,7 +4,7 @@
 //! returns data.
 
 use std::{
-    net::{SocketAddr, TcpListener},
+    net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::Duration,
@@ -22,19 +22,12 @@ use crate::common::{
     fixture::authorize,
     http_get,
     login::{PASSWORD, auth_server},
+    process::free_port,
     redis::{Prefix, redis_url},
 };
 
 fn repository() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct Prometheus {

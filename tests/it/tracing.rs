@@ -2,95 +2,57 @@
 //! of that trace, received by an OTLP collector the test runs: the RPC's
 //! span is a child of the caller's, the engine's and the database query's
 //! spans are its descendants, with their attributes; the audit event carries
-//! the trace id.
+//! the trace id. The server is the binary, as an operator runs it: tracing's
+//! subscriber is process-wide, so the other tests of this binary cannot race
+//! it.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-    time::Duration,
+use std::{collections::HashMap, time::Duration};
+
+use opentelemetry_proto::tonic::trace::v1::Span;
+use tonic::Request;
+use velro_authz::{audit::AuditFilter, proto::Decision};
+
+use crate::common::{
+    Db, TestDb, eventually,
+    fixture::{World, authorize},
+    otlp::{Collector, hex},
+    process::{connect, free_port, serve},
 };
-
-use opentelemetry_proto::tonic::{
-    collector::trace::v1::{
-        ExportTraceServiceRequest, ExportTraceServiceResponse,
-        trace_service_server::{TraceService, TraceServiceServer},
-    },
-    trace::v1::Span,
-};
-use tonic::{Request, Response, Status};
-use tracing_subscriber::{Registry, layer::SubscriberExt};
-use velro_authz::{
-    audit::AuditFilter,
-    proto::Decision,
-    support::telemetry::{self, TraceSettings},
-};
-
-use crate::common::{Db, eventually, fixture::authorize, world_server};
-
-#[derive(Clone, Default)]
-struct Collector(Arc<Mutex<Vec<Span>>>);
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let mut spans = self.0.lock().unwrap();
-        for resource in request.into_inner().resource_spans {
-            for scope in resource.scope_spans {
-                spans.extend(scope.spans);
-            }
-        }
-        Ok(Response::new(ExportTraceServiceResponse::default()))
-    }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
 
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT: &str = "b7ad6b7169203331";
 
-// One thread: the subscriber that exports is this thread's default, and the
-// server's tasks run on it.
-#[tokio::test(flavor = "current_thread")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_authorize_continues_the_callers_trace() {
-    let collector = Collector::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    let (collector, endpoint) = Collector::start().await;
+    let db = TestDb::create(Db::Postgres).await;
+    let w = World::new();
+    db.store().await.insert_dataset(&w.data).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("velro.toml");
+    std::fs::write(&config, "").unwrap();
+    let (grpc, ops) = (free_port(), free_port());
+    let mut server = serve(
+        &config,
+        &db.url,
+        grpc,
+        ops,
+        &["--otlp-endpoint", &endpoint, "--trace-sampling", "0.0"],
     );
-    let settings = TraceSettings {
-        endpoint: format!("http://{addr}"),
-        sampling: 1.0,
-        service_name: "velro-authz".into(),
-        instance: "test".into(),
-    };
-    let (_provider, layer) = telemetry::layer::<Registry>(&settings).unwrap();
-    let _subscriber = tracing::subscriber::set_default(Registry::default().with(layer));
-
-    let (db, w, server) = world_server(Db::Postgres, |_| {}).await;
+    let mut client = connect(grpc).await;
     let mut request = Request::new(authorize(w.viewer, "read", "project", w.team.project));
     request.metadata_mut().insert(
         "traceparent",
         format!("00-{TRACE}-{PARENT}-01").parse().unwrap(),
     );
-    let answer = server.client.clone().authorize(request).await.unwrap();
+    let answer = client.authorize(request).await.unwrap();
     assert_eq!(answer.into_inner().decision(), Decision::Allow);
 
     let spans = eventually(Duration::from_secs(15), "the request's spans", || async {
         let spans: Vec<Span> = collector
-            .0
-            .lock()
-            .unwrap()
-            .iter()
+            .spans()
+            .into_iter()
             .filter(|s| hex(&s.trace_id) == TRACE)
-            .cloned()
             .collect();
         let names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
         match ["decide", "db.permission_facts"]
@@ -169,5 +131,5 @@ async fn an_authorize_continues_the_callers_trace() {
         },
     )
     .await;
-    server.stop().await;
+    server.kill().await.unwrap();
 }

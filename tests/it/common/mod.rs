@@ -6,7 +6,9 @@
 pub mod certs;
 pub mod fixture;
 pub mod login;
+pub mod otlp;
 pub mod private;
+pub mod process;
 pub mod proxy;
 pub mod raw_grpc;
 pub mod redis;

@@ -4,21 +4,12 @@
 //! touched.
 
 use std::{
-    net::TcpListener,
     path::{Path, PathBuf},
     process::Command,
     time::Duration,
 };
 
-use super::certs::Leaf;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use super::{certs::Leaf, process::free_port};
 
 /// The newest PostgreSQL's binaries on this machine.
 fn pg_bin() -> PathBuf {
