@@ -12,14 +12,15 @@ use crate::auth::{
     password::PasswordHashing,
     throttle::{Throttle, ThrottlePolicy},
 };
-use crate::support::metrics::Metrics;
+use crate::support::{foreground::Foreground, metrics::Metrics};
 use crate::{app::config::Settings, error::AuthzError, store::Store};
 
-/// `after_login` runs for each newly verified principal (predictive warming).
+/// `after_login` runs for each newly verified principal (predictive warming);
+/// `logins` counts the password logins in progress.
 pub async fn authenticator(
     settings: &Settings,
     store: Arc<dyn Store>,
-    after_login: Option<AfterLogin>,
+    (after_login, logins): (Option<AfterLogin>, Arc<Foreground>),
     audit: Option<Arc<AuditLog>>,
     metrics: Option<&Metrics>,
 ) -> Result<Arc<Authenticator>, AuthzError> {
@@ -69,6 +70,7 @@ pub async fn authenticator(
             token_cache_capacity: settings.token_cache_capacity,
             token_cache_ttl: settings.token_cache_ttl.0,
             after_login,
+            logins,
             events: SecurityEvents::new(audit),
             token_cache_counters: metrics.map(|m| {
                 (

@@ -37,7 +37,7 @@ use crate::{
     error::AuthzError,
     proto::{self, authorization_service_server::AuthorizationServiceServer},
     store::{self, Backend, pools::Stores},
-    support::metrics::Metrics,
+    support::{foreground::Foreground, metrics::Metrics},
 };
 
 const SERVICE_NAME: &str = "velro.authz.v1.AuthorizationService";
@@ -105,18 +105,20 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         rollout,
     } = assemble(settings, &stores, metrics.clone(), stop_rx.clone()).await?;
 
-    // Predictive warming after each login or first use of a token.
+    // Predictive warming after each login or first use of a token; it waits
+    // while password logins are in progress.
+    let logins = Foreground::new();
     let warmer = Arc::new(Warmer::new(
         engine.clone(),
         cache.clone(),
         metrics.clone(),
-        saturation.clone(),
+        (saturation.clone(), logins.clone()),
     ));
     let after_login = Arc::new(move |user| warmer.warm(user));
     let auth = auth_setup::authenticator(
         settings,
         stores.auth.clone(),
-        Some(after_login),
+        (Some(after_login), logins),
         Some(audit.clone()),
         Some(&metrics),
     )

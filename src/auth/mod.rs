@@ -25,7 +25,10 @@ use crate::{
         Store,
         auth::{NewSession, Rotate, Rotation},
     },
-    support::clock::{now_ms, now_unix},
+    support::{
+        clock::{now_ms, now_unix},
+        foreground::Foreground,
+    },
 };
 use events::{Event, SecurityEvents};
 use jwt::TokenService;
@@ -102,6 +105,9 @@ pub struct AuthConfig {
     pub events: SecurityEvents,
     /// Counts of the verified-token cache: (hits, misses).
     pub token_cache_counters: Option<(Counter, Counter)>,
+    /// Password logins in progress (admitted, not yet answered): background
+    /// work such as warming waits for them.
+    pub logins: Arc<Foreground>,
 }
 
 pub struct Authenticator {
@@ -116,6 +122,7 @@ pub struct Authenticator {
     after_login: Option<AfterLogin>,
     events: SecurityEvents,
     token_cache_counters: Option<(Counter, Counter)>,
+    logins: Arc<Foreground>,
 }
 
 impl Authenticator {
@@ -147,6 +154,7 @@ impl Authenticator {
             after_login: config.after_login,
             events: config.events,
             token_cache_counters: config.token_cache_counters,
+            logins: config.logins,
         }
     }
 
@@ -213,6 +221,7 @@ impl Authenticator {
         // A place for the hash first: a login that cannot be served in time
         // is refused before it costs a database read.
         let slot = self.hashing.admit()?;
+        let _in_progress = self.logins.enter();
         let credentials = self.store.credentials(email.trim()).await?;
         let stored = credentials.as_ref().and_then(|c| c.password_hash.clone());
         // Unknown emails are verified against the dummy hash: same work, same answer.

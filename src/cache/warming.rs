@@ -3,20 +3,22 @@
 //! generations) are computed into the cache tiers in the background, so the
 //! first requests after login hit. Bounded: a few warm-ups at a time, a
 //! limited number of sets each. Warming yields: it starts a little after
-//! the login it follows (whose answer goes first), and it stops, or never
-//! starts, while the runtime lags (decisions and logins come first).
+//! the login it follows (whose answer goes first), computes nothing while
+//! any password login is in progress (it waits, and gives up after a
+//! while), and it stops, or never starts, while the runtime lags
+//! (decisions and logins come first).
 
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::{
     cache::PermissionCache,
     engine::Engine,
     model::{PermissionKey, ResourceKind, ResourceRef},
-    support::metrics::Metrics,
-    support::saturation::Saturation,
+    support::{foreground::Foreground, metrics::Metrics, saturation::Saturation},
 };
 
 /// Sets of each kind prefetched per user.
@@ -27,6 +29,9 @@ const AT_ONCE: usize = 2;
 const DEFER: std::time::Duration = std::time::Duration::from_millis(50);
 /// A runtime lagging more than this is busy: warming stops.
 const BUSY: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long a warm-up waits for the logins in progress before it gives up
+/// (a login wave: the sets are computed on first use instead).
+const LOGINS_PATIENCE: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct Warmer {
     engine: Arc<Engine>,
@@ -34,6 +39,7 @@ pub struct Warmer {
     metrics: Arc<Metrics>,
     slots: Arc<Semaphore>,
     saturation: Arc<Saturation>,
+    logins: Arc<Foreground>,
 }
 
 impl Warmer {
@@ -41,7 +47,7 @@ impl Warmer {
         engine: Arc<Engine>,
         cache: Arc<PermissionCache>,
         metrics: Arc<Metrics>,
-        saturation: Arc<Saturation>,
+        (saturation, logins): (Arc<Saturation>, Arc<Foreground>),
     ) -> Warmer {
         Warmer {
             engine,
@@ -49,6 +55,7 @@ impl Warmer {
             metrics,
             slots: Arc::new(Semaphore::new(AT_ONCE)),
             saturation,
+            logins,
         }
     }
 
@@ -59,9 +66,14 @@ impl Warmer {
             return;
         };
         let warmer = self.clone();
-        tokio::spawn(async move {
+        let span = tracing::debug_span!(parent: None, "cache.warm", %user);
+        let work = async move {
             let _slot = slot;
             tokio::time::sleep(DEFER).await;
+            if !warmer.logins.idle(LOGINS_PATIENCE).await {
+                warmer.metrics.record_tier("warming", "skipped");
+                return;
+            }
             let targets = match warmer.engine.store().warm_targets(user, PER_KIND).await {
                 Ok(t) => t,
                 Err(e) => {
@@ -70,7 +82,7 @@ impl Warmer {
                 }
             };
             for (kind, id) in targets {
-                if warmer.saturation.lag() > BUSY {
+                if warmer.saturation.lag() > BUSY || !warmer.logins.idle(LOGINS_PATIENCE).await {
                     warmer.metrics.record_tier("warming", "skipped");
                     return;
                 }
@@ -91,6 +103,7 @@ impl Warmer {
                     warmer.metrics.record_tier("warming", "warmed");
                 }
             }
-        });
+        };
+        tokio::spawn(work.instrument(span));
     }
 }

@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod clock;
 pub mod deadline;
 pub mod duration;
+pub mod foreground;
 pub mod futures;
 pub mod metrics;
 pub mod percent;

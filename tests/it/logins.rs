@@ -1,17 +1,29 @@
 //! Login storms are shed by expected wait: a login whose hash could not
 //! start within `password_max_wait` is refused at once with the time to
-//! retry (and audited as shed); one that fits is served.
+//! retry (and audited as shed); one that fits is served. Warming waits
+//! for logins in progress.
 
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 
 use futures::future::join_all;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use tonic::Code;
 use tonic_types::StatusExt;
-use velro_authz::{audit::AuditFilter, support::duration::HumanDuration};
+use uuid::Uuid;
+use velro_authz::{
+    audit::AuditFilter,
+    auth::password::PasswordHashing,
+    proto::{self, authenticate_request::Credentials},
+    support::duration::HumanDuration,
+};
 
 use crate::common::{
-    Db, eventually,
+    Db, TestDb, eventually,
+    fixture::World,
     login::{PASSWORD, auth_server},
+    otlp::Collector,
+    process::{connect, free_port, serve},
+    settings,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -79,4 +91,134 @@ async fn a_login_that_cannot_start_in_time_is_refused_at_once_and_audited() {
     )
     .await;
     w.server.stop().await;
+}
+
+/// Warming never delays a login: a warm-up computes nothing while a login
+/// is in progress. Six logins at once on one hashing thread: the first
+/// one's warm-up (deferred 50 ms after it) would otherwise run while the
+/// others still hash. Judged by the order of the server's own spans (every
+/// warm-up's work starts after the last hash ended), not by wall time; the
+/// server is the binary, so its trace exporter is its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn warming_waits_until_no_login_is_in_progress() {
+    let (collector, endpoint) = Collector::start().await;
+    let db = TestDb::create(Db::Postgres).await;
+    let mut world = World::new();
+    let mut s = settings(&db.url);
+    // A hash of tens of milliseconds: five of them queued outlast the
+    // warm-up's deferral.
+    s.argon2_memory_kib = 32 * 1024;
+    s.argon2_iterations = 2;
+    let hashing = PasswordHashing::new(s.hash_params(), 1, 1, Duration::from_secs(60))
+        .await
+        .unwrap();
+    world.data.password_hash = Some(hashing.hash(PASSWORD.into()).await.unwrap());
+    db.store().await.insert_dataset(&world.data).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("velro.toml");
+    std::fs::write(&config, "").unwrap();
+    let (grpc, ops) = (free_port(), free_port());
+    let mut server = serve(
+        &config,
+        &db.url,
+        grpc,
+        ops,
+        &[
+            "--otlp-endpoint",
+            &endpoint,
+            "--argon2-memory-kib",
+            "32768",
+            "--argon2-iterations",
+            "2",
+            "--password-workers",
+            "1",
+            "--password-max-wait",
+            "60s",
+        ],
+    );
+    let client = connect(grpc).await;
+    let users = [
+        world.viewer,
+        world.editor,
+        world.admin,
+        world.owner,
+        world.creator,
+        world.outsider,
+    ];
+    let email = |user: Uuid| {
+        world
+            .data
+            .users
+            .iter()
+            .find(|u| u.id == user)
+            .map(|u| u.email.clone())
+            .unwrap()
+    };
+    let logins = users.iter().map(|user| {
+        let mut client = client.clone();
+        let email = email(*user);
+        async move {
+            client
+                .authenticate(proto::AuthenticateRequest {
+                    credentials: Some(Credentials::Password(proto::PasswordCredentials {
+                        email,
+                        password: PASSWORD.into(),
+                    })),
+                    context: None,
+                })
+                .await
+        }
+    });
+    for answer in join_all(logins).await {
+        assert!(answer.is_ok(), "{answer:?}");
+    }
+    // Wait for the warm-ups' work to be exported.
+    let spans = eventually(
+        Duration::from_secs(20),
+        "warm-up work in the traces",
+        || async {
+            let spans = collector.spans();
+            let hashes = spans.iter().filter(|s| s.name == "password.hash").count();
+            let warm_work = warm_work(&spans).len();
+            match hashes >= users.len() && warm_work > 0 {
+                true => Ok(spans),
+                false => Err(format!(
+                    "{hashes} hashes, {warm_work} warm-up spans with work under them"
+                )),
+            }
+        },
+    )
+    .await;
+    let last_hash_end = spans
+        .iter()
+        .filter(|s| s.name == "password.hash")
+        .map(|s| s.end_time_unix_nano)
+        .max()
+        .unwrap();
+    for work in warm_work(&spans) {
+        assert!(
+            work.start_time_unix_nano >= last_hash_end,
+            "{} of a warm-up started {} µs before the last login's hash ended",
+            work.name,
+            (last_hash_end - work.start_time_unix_nano) / 1_000
+        );
+    }
+    server.kill().await.unwrap();
+}
+
+/// The spans under a `cache.warm` span (the warm-up's own work).
+fn warm_work(spans: &[Span]) -> Vec<&Span> {
+    let by_id: HashMap<&[u8], &Span> = spans.iter().map(|s| (s.span_id.as_slice(), s)).collect();
+    let under_warm = |span: &Span| {
+        let mut parent = by_id.get(span.parent_span_id.as_slice());
+        for _ in 0..16 {
+            match parent {
+                Some(p) if p.name == "cache.warm" => return true,
+                Some(p) => parent = by_id.get(p.parent_span_id.as_slice()),
+                None => return false,
+            }
+        }
+        false
+    };
+    spans.iter().filter(|s| under_warm(s)).collect()
 }
