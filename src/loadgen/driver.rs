@@ -276,9 +276,11 @@ pub async fn run(
                     let index = (ticket % workset.messages.len() as u64) as usize;
                     let outcome = send(channel, &workset.messages[index], timeout).await;
                     let tally = &mut tallies[step];
-                    tally.finish(due.into_std(), Instant::now().into_std());
+                    let done = Instant::now().into_std();
+                    tally.finish(due.into_std(), done);
                     match outcome {
                         Ok(answers) => {
+                            tally.served(due.into_std(), done);
                             let expected = (ticket % check_every == 0)
                                 .then(|| workset.expected[index].as_ref())
                                 .flatten();

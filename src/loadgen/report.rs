@@ -17,6 +17,21 @@ pub struct Percentiles {
     pub mean: f64,
 }
 
+impl Percentiles {
+    /// Milliseconds from a histogram of microseconds.
+    fn of(h: &hdrhistogram::Histogram<u64>) -> Percentiles {
+        let ms = |micros: u64| micros as f64 / 1_000.0;
+        Percentiles {
+            p50: ms(h.value_at_quantile(0.50)),
+            p95: ms(h.value_at_quantile(0.95)),
+            p99: ms(h.value_at_quantile(0.99)),
+            p999: ms(h.value_at_quantile(0.999)),
+            max: ms(h.max()),
+            mean: h.mean() / 1_000.0,
+        }
+    }
+}
+
 /// The figures of one load step (or of a whole scenario).
 #[derive(Clone, Debug, Serialize)]
 pub struct StepResult {
@@ -28,6 +43,10 @@ pub struct StepResult {
     pub decisions_per_second: f64,
     /// Milliseconds.
     pub latency_ms: Percentiles,
+    /// Milliseconds, of the answered requests only (when some were not):
+    /// what an admitted request cost while others were shed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub served_latency_ms: Option<Percentiles>,
     pub errors: BTreeMap<String, u64>,
     /// Answers by the source the server reported (cache tier or computed).
     pub sources: BTreeMap<String, u64>,
@@ -66,8 +85,6 @@ impl StepResult {
                 0.0
             }
         };
-        let ms = |micros: u64| micros as f64 / 1_000.0;
-        let h = &t.latency;
         let cached: u64 = CACHED.iter().filter_map(|k| t.sources.get(*k)).sum();
         let computed = t.sources.get("COMPUTED").copied().unwrap_or(0);
         StepResult {
@@ -77,14 +94,9 @@ impl StepResult {
             seconds,
             requests_per_second: per_second(t.requests),
             decisions_per_second: per_second(t.decisions),
-            latency_ms: Percentiles {
-                p50: ms(h.value_at_quantile(0.50)),
-                p95: ms(h.value_at_quantile(0.95)),
-                p99: ms(h.value_at_quantile(0.99)),
-                p999: ms(h.value_at_quantile(0.999)),
-                max: ms(h.max()),
-                mean: h.mean() / 1_000.0,
-            },
+            latency_ms: Percentiles::of(&t.latency),
+            served_latency_ms: (!t.errors.is_empty() && !t.served.is_empty())
+                .then(|| Percentiles::of(&t.served)),
             errors: t.errors.clone(),
             sources: t.sources.clone(),
             cache_hit_rate: (cached + computed > 0)
@@ -224,6 +236,19 @@ impl RunReport {
                     step.label,
                     verdicts.join(", ")
                 );
+            }
+            if !s.overall.verdicts.is_empty() {
+                let all = &s.overall;
+                let served = all.served_latency_ms.as_ref().map_or(String::new(), |p| {
+                    format!(
+                        "; answered {} (p99 {:.1} ms), shed {}",
+                        all.requests - all.error_count(),
+                        p.p99,
+                        all.errors.get("ResourceExhausted").copied().unwrap_or(0)
+                    )
+                });
+                let verdicts: Vec<String> = all.verdicts.iter().map(Verdict::text).collect();
+                println!("  {}{served}: {}", s.name.trim(), verdicts.join(", "));
             }
             for sample in &s.overall.mismatch_samples {
                 println!("  MISMATCH {sample}");

@@ -17,6 +17,9 @@ const SAMPLES: usize = 5;
 #[derive(Clone)]
 pub struct Tally {
     pub latency: Histogram<u64>,
+    /// Latency of the requests that were answered (not refused or failed):
+    /// what an admitted request costs while others are shed.
+    pub served: Histogram<u64>,
     pub requests: u64,
     pub decisions: u64,
     pub errors: BTreeMap<String, u64>,
@@ -34,6 +37,8 @@ impl Tally {
             // Three significant digits over 1 µs .. 60 s.
             latency: Histogram::new_with_bounds(1, MAX_MICROS, 3)
                 .map_err(|e| LoadError(format!("histogram: {e}")))?,
+            served: Histogram::new_with_bounds(1, MAX_MICROS, 3)
+                .map_err(|e| LoadError(format!("histogram: {e}")))?,
             requests: 0,
             decisions: 0,
             errors: BTreeMap::new(),
@@ -49,12 +54,23 @@ impl Tally {
     /// Records a finished request that was due at `due` (its intended send
     /// time in open loop, its real send time in closed loop).
     pub fn finish(&mut self, due: Instant, done: Instant) {
-        let micros = done.saturating_duration_since(due).as_micros();
-        let micros = u64::try_from(micros).unwrap_or(MAX_MICROS);
-        self.latency.saturating_record(micros.clamp(1, MAX_MICROS));
+        let micros = Self::micros(due, done);
+        self.latency.saturating_record(micros);
         self.requests += 1;
         self.first = Some(self.first.map_or(due, |f| f.min(due)));
         self.last = Some(self.last.map_or(done, |l| l.max(done)));
+    }
+
+    /// Records the latency of a request that was answered (after `finish`).
+    pub fn served(&mut self, due: Instant, done: Instant) {
+        self.served.saturating_record(Self::micros(due, done));
+    }
+
+    fn micros(due: Instant, done: Instant) -> u64 {
+        let micros = done.saturating_duration_since(due).as_micros();
+        u64::try_from(micros)
+            .unwrap_or(MAX_MICROS)
+            .clamp(1, MAX_MICROS)
     }
 
     pub fn error(&mut self, code: tonic::Code) {
@@ -82,6 +98,7 @@ impl Tally {
 
     pub fn merge(&mut self, other: &Tally) {
         let _ = self.latency.add(&other.latency);
+        let _ = self.served.add(&other.served);
         self.requests += other.requests;
         self.decisions += other.decisions;
         for (k, v) in &other.errors {

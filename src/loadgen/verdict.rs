@@ -29,6 +29,34 @@ impl Verdict {
     }
 }
 
+/// Password logins one at a time: the plan's 50 ms, at p95 and at p99.
+pub fn one_login_at_a_time(logins: &StepResult) -> Vec<Verdict> {
+    let l = &logins.latency_ms;
+    vec![
+        Verdict::new("auth p95 ms < 50", l.p95, l.p95 < 50.0),
+        Verdict::new("auth p99 ms < 50", l.p99, l.p99 < 50.0),
+    ]
+}
+
+/// A login storm: the logins admitted stay fast (p99 < 300 ms); the rest
+/// are shed at once, which is not an error of the service.
+pub fn login_storm(logins: &StepResult) -> Vec<Verdict> {
+    let served = logins
+        .served_latency_ms
+        .as_ref()
+        .unwrap_or(&logins.latency_ms);
+    let failed: u64 = logins
+        .errors
+        .iter()
+        .filter(|(code, _)| code.as_str() != "ResourceExhausted")
+        .map(|(_, n)| n)
+        .sum();
+    vec![
+        Verdict::new("admitted p99 ms < 300", served.p99, served.p99 < 300.0),
+        Verdict::new("failed (not shed) = 0", failed as f64, failed == 0),
+    ]
+}
+
 /// The verdicts of one step: `authz` the Authorize figures, `logins` the
 /// password logins of the step (if any), `all` both together.
 pub fn judge(authz: &StepResult, logins: Option<&StepResult>, all: &StepResult) -> Vec<Verdict> {
