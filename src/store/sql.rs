@@ -444,7 +444,12 @@ macro_rules! sql_store {
 
 super::auth::auth_store!(PgStore, |id: Uuid| id);
 super::auth::auth_store!(SqliteStore, |id: Uuid| id.hyphenated().to_string());
-super::control::control_store!(PgStore, sqlx::Postgres, |id: Uuid| id);
+super::control::control_store!(
+    PgStore,
+    sqlx::Postgres,
+    |id: Uuid| id,
+    super::control::insert_audit_postgres
+);
 // One prune at a time across replicas: a session-level advisory lock.
 super::retention::retention_store!(
     PgStore,
@@ -452,9 +457,12 @@ super::retention::retention_store!(
     "SELECT pg_advisory_unlock(7355608)"
 );
 super::retention::retention_store!(SqliteStore, "SELECT TRUE", "SELECT TRUE");
-super::control::control_store!(SqliteStore, sqlx::Sqlite, |id: Uuid| id
-    .hyphenated()
-    .to_string());
+super::control::control_store!(
+    SqliteStore,
+    sqlx::Sqlite,
+    |id: Uuid| id.hyphenated().to_string(),
+    super::control::insert_audit_sqlite
+);
 
 sql_store!(
     PgStore,
