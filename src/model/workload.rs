@@ -1,4 +1,4 @@
-//! The reference workload of `shared/workload.md`, generated deterministically
+//! The reference workload of `ghz_bench/WORKLOAD.md`, generated deterministically
 //! from a seed: the same seed and scale always give the same ids and rows.
 
 use rand::{Rng, SeedableRng};

@@ -22,7 +22,7 @@ use crate::common::{
     fixture::World,
     login::{PASSWORD, auth_server},
     otlp::Collector,
-    process::{connect, free_port, serve},
+    process::Process,
     settings,
 };
 
@@ -114,15 +114,8 @@ async fn warming_waits_until_no_login_is_in_progress() {
         .unwrap();
     world.data.password_hash = Some(hashing.hash(PASSWORD.into()).await.unwrap());
     db.store().await.insert_dataset(&world.data).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("velro.toml");
-    std::fs::write(&config, "").unwrap();
-    let (grpc, ops) = (free_port(), free_port());
-    let mut server = serve(
-        &config,
+    let mut server = Process::start(
         &db.url,
-        grpc,
-        ops,
         &[
             "--otlp-endpoint",
             &endpoint,
@@ -135,8 +128,9 @@ async fn warming_waits_until_no_login_is_in_progress() {
             "--password-max-wait",
             "60s",
         ],
-    );
-    let client = connect(grpc).await;
+    )
+    .await;
+    let client = server.client.clone();
     let users = [
         world.viewer,
         world.editor,
@@ -203,7 +197,7 @@ async fn warming_waits_until_no_login_is_in_progress() {
             (last_hash_end - work.start_time_unix_nano) / 1_000
         );
     }
-    server.kill().await.unwrap();
+    server.child.kill().await.unwrap();
 }
 
 /// The spans under a `cache.warm` span (the warm-up's own work).

@@ -16,7 +16,7 @@ use crate::common::{
     Db, TestDb, eventually,
     fixture::{World, authorize},
     otlp::{Collector, hex},
-    process::{connect, free_port, serve},
+    process::Process,
 };
 
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -28,24 +28,17 @@ async fn an_authorize_continues_the_callers_trace() {
     let db = TestDb::create(Db::Postgres).await;
     let w = World::new();
     db.store().await.insert_dataset(&w.data).await.unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("velro.toml");
-    std::fs::write(&config, "").unwrap();
-    let (grpc, ops) = (free_port(), free_port());
-    let mut server = serve(
-        &config,
+    let mut server = Process::start(
         &db.url,
-        grpc,
-        ops,
         &["--otlp-endpoint", &endpoint, "--trace-sampling", "0.0"],
-    );
-    let mut client = connect(grpc).await;
+    )
+    .await;
     let mut request = Request::new(authorize(w.viewer, "read", "project", w.team.project));
     request.metadata_mut().insert(
         "traceparent",
         format!("00-{TRACE}-{PARENT}-01").parse().unwrap(),
     );
-    let answer = client.authorize(request).await.unwrap();
+    let answer = server.client.authorize(request).await.unwrap();
     assert_eq!(answer.into_inner().decision(), Decision::Allow);
 
     let spans = eventually(Duration::from_secs(15), "the request's spans", || async {
@@ -131,5 +124,5 @@ async fn an_authorize_continues_the_callers_trace() {
         },
     )
     .await;
-    server.kill().await.unwrap();
+    server.child.kill().await.unwrap();
 }

@@ -66,3 +66,28 @@ pub async fn connect(grpc: u16) -> AuthorizationServiceClient<Channel> {
     )
     .await
 }
+
+/// A server process on an empty config file, and a client of it.
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub client: AuthorizationServiceClient<Channel>,
+    _dir: tempfile::TempDir,
+}
+
+impl Process {
+    /// Starts `serve` on `database_url` with `extra` flags; returns once it
+    /// answers.
+    pub async fn start(database_url: &str, extra: &[&str]) -> Process {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("velro.toml");
+        std::fs::write(&config, "").unwrap();
+        let (grpc, ops) = (free_port(), free_port());
+        let child = serve(&config, database_url, grpc, ops, extra);
+        let client = connect(grpc).await;
+        Process {
+            child,
+            client,
+            _dir: dir,
+        }
+    }
+}
