@@ -23,7 +23,7 @@ use crate::{
             admission::Admission,
             callers::Callers,
             connections::{BoundedListener, Connections},
-            deadline::GuardLayer,
+            deadline::Deadline,
             tls::TlsServer,
         },
     },
@@ -216,7 +216,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
             grpc_connections.clone(),
             callers,
             admission,
-            GuardLayer {
+            Deadline {
                 server_timeout: settings.request_timeout.0,
                 max_message_bytes: settings.max_message_bytes,
             },

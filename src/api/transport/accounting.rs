@@ -18,30 +18,13 @@ use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame};
 use prometheus_client::metrics::gauge::Gauge;
 use tonic::{Status, body::Body};
-use tower::{Layer, Service};
+use tower::Service;
 
-use super::connections::{ConnInfo, Connections};
-use crate::{error::AuthzError, support::futures::BoxFuture};
-
-#[derive(Clone)]
-pub struct AccountingLayer(pub Arc<Connections>);
-
-impl<S> Layer<S> for AccountingLayer {
-    type Service = Accounting<S>;
-
-    fn layer(&self, inner: S) -> Accounting<S> {
-        Accounting {
-            inner,
-            connections: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Accounting<S> {
-    inner: S,
-    connections: Arc<Connections>,
-}
+use super::{
+    around::{Answer, Around},
+    connections::{ConnInfo, Connections},
+};
+use crate::error::AuthzError;
 
 /// Ends the request on its connection if no response body took it over.
 struct Open(Option<ConnInfo>);
@@ -63,38 +46,30 @@ fn backlog(conn: &ConnInfo, limit: usize) -> Response<Body> {
     .into_http()
 }
 
-impl<S, B> Service<Request<B>> for Accounting<S>
-where
-    S: Service<Request<B>, Response = Response<Body>> + Send,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
+#[derive(Clone)]
+pub struct Accounting(pub Arc<Connections>);
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+impl Around for Accounting {
+    fn around<S, B>(&self, request: Request<B>, inner: &mut S) -> Answer<S::Error>
+    where
+        S: Service<Request<B>, Response = Response<Body>> + Send,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         let conn = request.extensions().get::<ConnInfo>().cloned();
-        let limit = self.connections.limits().max_pending_bytes;
+        let limit = self.0.limits().max_pending_bytes;
         if let Some(conn) = &conn
             && conn.state.pending_bytes() > limit
         {
-            self.connections
-                .metrics()
-                .transport
-                .shed("connection_backlog");
+            self.0.metrics().transport.shed("connection_backlog");
             return Box::pin(std::future::ready(Ok(backlog(conn, limit))));
         }
         if let Some(conn) = &conn {
             conn.state.begin_request();
         }
         let mut open = Open(conn);
-        let response = self.inner.call(request);
-        let connections = self.connections.clone();
+        let response = inner.call(request);
+        let connections = self.0.clone();
         Box::pin(async move {
             let response = response.await?;
             let (parts, body) = response.into_parts();

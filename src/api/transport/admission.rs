@@ -20,17 +20,18 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
 use http::{Request, Response};
 use tonic::{Status, body::Body};
-use tower::{Layer, Service};
+use tower::Service;
+
+use super::around::{Answer, Around};
 
 use crate::{
     error::{AuthzError, OVERLOAD_RETRY},
-    support::{futures::BoxFuture, metrics::Metrics, saturation::Saturation},
+    support::{metrics::Metrics, saturation::Saturation},
 };
 
 /// Path prefixes never shed at the transport.
@@ -108,47 +109,22 @@ impl Admission {
 }
 
 #[derive(Clone)]
-pub struct AdmissionLayer(pub Arc<Admission>);
+pub struct Admit(pub Arc<Admission>);
 
-impl<S> Layer<S> for AdmissionLayer {
-    type Service = Admit<S>;
-
-    fn layer(&self, inner: S) -> Admit<S> {
-        Admit {
-            inner,
-            admission: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct Admit<S> {
-    inner: S,
-    admission: Arc<Admission>,
-}
-
-impl<S, B> Service<Request<B>> for Admit<S>
-where
-    S: Service<Request<B>, Response = Response<Body>> + Send,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+impl Around for Admit {
+    fn around<S, B>(&self, request: Request<B>, inner: &mut S) -> Answer<S::Error>
+    where
+        S: Service<Request<B>, Response = Response<Body>> + Send,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         let path = request.uri().path();
         if EXEMPT.iter().any(|prefix| path.starts_with(prefix)) {
-            return Box::pin(self.inner.call(request));
+            return Box::pin(inner.call(request));
         }
-        match self.admission.admit() {
+        match self.0.admit() {
             Ok(admitted) => {
-                let response = self.inner.call(request);
+                let response = inner.call(request);
                 Box::pin(async move {
                     let response = response.await;
                     drop(admitted);

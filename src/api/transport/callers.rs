@@ -7,23 +7,23 @@
 //! caller may not call the RPC is PERMISSION_DENIED, counted per caller and
 //! audited. Health checks and reflection are open to all.
 
-use std::{
-    sync::Arc,
-    task::{Context, Poll},
-};
+use std::sync::Arc;
 
 use http::{Request, Response};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tonic::{Status, body::Body};
-use tower::{Layer, Service};
+use tower::Service;
 use uuid::Uuid;
 
-use super::connections::ConnInfo;
+use super::{
+    around::{Answer, Around},
+    connections::ConnInfo,
+};
 use crate::{
     audit::{AuditEvent, AuditLog},
     error::AuthzError,
-    support::{clock::now_ms, futures::BoxFuture, metrics::Metrics},
+    support::{clock::now_ms, metrics::Metrics},
 };
 
 /// Paths open to every caller.
@@ -212,43 +212,18 @@ impl Callers {
 }
 
 #[derive(Clone)]
-pub struct CallersLayer(pub Arc<Callers>);
+pub struct CheckCallers(pub Arc<Callers>);
 
-impl<S> Layer<S> for CallersLayer {
-    type Service = CheckCallers<S>;
-
-    fn layer(&self, inner: S) -> CheckCallers<S> {
-        CheckCallers {
-            inner,
-            callers: self.0.clone(),
-        }
-    }
-}
-
-#[derive(Clone)]
-pub struct CheckCallers<S> {
-    inner: S,
-    callers: Arc<Callers>,
-}
-
-impl<S, B> Service<Request<B>> for CheckCallers<S>
-where
-    S: Service<Request<B>, Response = Response<Body>> + Send,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+impl Around for CheckCallers {
+    fn around<S, B>(&self, mut request: Request<B>, inner: &mut S) -> Answer<S::Error>
+    where
+        S: Service<Request<B>, Response = Response<Body>> + Send,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         let path = request.uri().path().to_owned();
-        if !self.callers.enforced() || OPEN.iter().any(|p| path.starts_with(p)) {
-            return Box::pin(self.inner.call(request));
+        if !self.0.enforced() || OPEN.iter().any(|p| path.starts_with(p)) {
+            return Box::pin(inner.call(request));
         }
         let peer = request
             .extensions()
@@ -260,14 +235,14 @@ where
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_owned);
-        match self.callers.judge(&path, peer.as_deref(), key.as_deref()) {
+        match self.0.judge(&path, peer.as_deref(), key.as_deref()) {
             Ok(name) => {
                 request.extensions_mut().insert(Caller(name));
-                Box::pin(self.inner.call(request))
+                Box::pin(inner.call(request))
             }
             Err(refused) if path.starts_with(EXT_AUTHZ) => {
                 request.extensions_mut().insert(CallerRefused(refused));
-                Box::pin(self.inner.call(request))
+                Box::pin(inner.call(request))
             }
             Err(refused) => Box::pin(std::future::ready(Ok(Status::from(refused).into_http()))),
         }

@@ -5,16 +5,13 @@
 //! * an oversize message answered with RESOURCE_EXHAUSTED and the limit, as
 //!   gRPC specifies, where tonic alone would say OUT_OF_RANGE.
 
-use std::{
-    task::{Context, Poll},
-    time::Duration,
-};
+use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
 use tonic::{Code, Status, body::Body};
-use tower::{Layer, Service};
+use tower::Service;
 
-use crate::support::futures::BoxFuture;
+use super::around::{Answer, Around};
 
 /// Margin by which our deadline fires before the client's own deadline
 /// timer (a tenth of it, within these bounds), so the caller sees our
@@ -23,51 +20,26 @@ const DEADLINE_MARGIN: (Duration, Duration) =
     (Duration::from_micros(500), Duration::from_millis(10));
 
 #[derive(Clone, Debug)]
-pub struct GuardLayer {
+pub struct Deadline {
     pub server_timeout: Duration,
     pub max_message_bytes: usize,
 }
 
-impl<S> Layer<S> for GuardLayer {
-    type Service = Guard<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        Guard {
-            inner,
-            config: self.clone(),
-        }
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Guard<S> {
-    inner: S,
-    config: GuardLayer,
-}
-
-impl<S, B> Service<Request<B>> for Guard<S>
-where
-    S: Service<Request<B>, Response = Response<Body>> + Send,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+impl Around for Deadline {
+    fn around<S, B>(&self, request: Request<B>, inner: &mut S) -> Answer<S::Error>
+    where
+        S: Service<Request<B>, Response = Response<Body>> + Send,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         let deadline = match client_timeout(request.headers().get("grpc-timeout")) {
-            Some(client) if client < self.config.server_timeout => {
+            Some(client) if client < self.server_timeout => {
                 client.saturating_sub((client / 10).clamp(DEADLINE_MARGIN.0, DEADLINE_MARGIN.1))
             }
-            _ => self.config.server_timeout,
+            _ => self.server_timeout,
         };
-        let limit = self.config.max_message_bytes;
-        let response = self.inner.call(request);
+        let limit = self.max_message_bytes;
+        let response = inner.call(request);
         let until = tokio::time::Instant::now() + deadline;
         Box::pin(async move {
             // The handler sees the deadline too, and passes what is left of

@@ -14,6 +14,7 @@
 
 pub mod accounting;
 pub mod admission;
+pub mod around;
 pub mod callers;
 pub mod connections;
 pub mod deadline;
@@ -24,30 +25,37 @@ use std::sync::Arc;
 
 use tower::layer::util::{Identity, Stack};
 
-use accounting::AccountingLayer;
-use admission::{Admission, AdmissionLayer};
-use callers::{Callers, CallersLayer};
+use accounting::Accounting;
+use admission::{Admission, Admit};
+use around::AroundLayer;
+use callers::{Callers, CheckCallers};
 use connections::Connections;
-use deadline::GuardLayer;
-use trace::TraceLayer;
+use deadline::Deadline;
+use trace::Trace;
 
 /// The gRPC port's transport stack.
 pub type TransportStack = Stack<
-    GuardLayer,
-    Stack<AdmissionLayer, Stack<CallersLayer, Stack<AccountingLayer, Stack<TraceLayer, Identity>>>>,
+    AroundLayer<Deadline>,
+    Stack<
+        AroundLayer<Admit>,
+        Stack<
+            AroundLayer<CheckCallers>,
+            Stack<AroundLayer<Accounting>, Stack<AroundLayer<Trace>, Identity>>,
+        >,
+    >,
 >;
 
 pub fn stack(
     connections: Arc<Connections>,
     callers: Arc<Callers>,
     admission: Arc<Admission>,
-    deadline: GuardLayer,
+    deadline: Deadline,
 ) -> TransportStack {
     tower::ServiceBuilder::new()
-        .layer(TraceLayer)
-        .layer(AccountingLayer(connections))
-        .layer(CallersLayer(callers))
-        .layer(AdmissionLayer(admission))
-        .layer(deadline)
+        .layer(AroundLayer(Trace))
+        .layer(AroundLayer(Accounting(connections)))
+        .layer(AroundLayer(CheckCallers(callers)))
+        .layer(AroundLayer(Admit(admission)))
+        .layer(AroundLayer(deadline))
         .into_inner()
 }

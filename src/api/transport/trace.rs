@@ -4,49 +4,27 @@
 //! Redis) is its child, and log lines inside it carry its trace id. With
 //! tracing off it costs one relaxed atomic load.
 
-use std::task::{Context, Poll};
-
 use http::{Request, Response};
 use tonic::body::Body;
-use tower::{Layer, Service};
+use tower::Service;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use crate::support::{futures::BoxFuture, telemetry};
+use super::around::{Answer, Around};
+use crate::support::telemetry;
 
-#[derive(Clone, Default)]
-pub struct TraceLayer;
+#[derive(Clone, Debug, Default)]
+pub struct Trace;
 
-impl<S> Layer<S> for TraceLayer {
-    type Service = Traced<S>;
-
-    fn layer(&self, inner: S) -> Traced<S> {
-        Traced { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct Traced<S> {
-    inner: S,
-}
-
-impl<S, B> Service<Request<B>> for Traced<S>
-where
-    S: Service<Request<B>, Response = Response<Body>> + Send,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+impl Around for Trace {
+    fn around<S, B>(&self, request: Request<B>, inner: &mut S) -> Answer<S::Error>
+    where
+        S: Service<Request<B>, Response = Response<Body>> + Send,
+        S::Future: Send + 'static,
+        S::Error: Send + 'static,
+    {
         if !telemetry::enabled() {
-            return Box::pin(self.inner.call(request));
+            return Box::pin(inner.call(request));
         }
         let path = request.uri().path();
         let (service, method) = path
@@ -73,7 +51,7 @@ where
                 span.record("trace_id", tracing::field::display(ids.trace_id()));
             }
         }
-        let response = self.inner.call(request);
+        let response = inner.call(request);
         Box::pin(response.instrument(span))
     }
 }
