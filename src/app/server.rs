@@ -22,9 +22,9 @@ use crate::{
             self,
             admission::Admission,
             callers::Callers,
-            connections::{BoundedListener, Connections},
             deadline::Deadline,
             tls::TlsServer,
+            {connections::Connections, listener::BoundedListener},
         },
     },
     app::{

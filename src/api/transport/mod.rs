@@ -9,8 +9,10 @@
 //! 4. `deadline`: the server's deadline (DEADLINE_EXCEEDED) and oversize
 //!    messages (RESOURCE_EXHAUSTED).
 //!
-//! Below the stack, `connections` bounds every connection of both ports:
-//! how many, how long they may say nothing, stay idle or stay stuck.
+//! Below the stack, every connection of both ports is bounded: `listener`
+//! accepts within `connections`' limits (how many, how long they may say
+//! nothing, stay idle or stay stuck), and `guarded_io` closes a socket that
+//! passes one.
 
 pub mod accounting;
 pub mod admission;
@@ -18,6 +20,8 @@ pub mod around;
 pub mod callers;
 pub mod connections;
 pub mod deadline;
+pub mod guarded_io;
+pub mod listener;
 pub mod tls;
 pub mod trace;
 
