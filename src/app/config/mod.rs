@@ -1,29 +1,19 @@
 //! Settings from defaults, a TOML file, environment variables and flags, in
 //! rising precedence. One struct serves clap and serde, so `--help` and the
-//! TOML keys can never drift apart.
+//! TOML keys can never drift apart. `file` layers a TOML file under the
+//! flags; `derived` turns settings into what each subsystem is built from.
+
+mod derived;
+mod file;
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use clap::{ArgMatches, Args, parser::ValueSource};
+use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    api::transport::{connections::ConnectionLimits, tls::TlsFiles},
-    support::{duration::HumanDuration, redis_conn::RedisEndpoint},
-};
+use crate::support::duration::HumanDuration;
 
-/// A replica silent this long no longer holds the change log back.
-const REPLICA_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
-/// The newest change-log entries never pruned: what a starting replica
-/// reads to judge shared-tier entries.
-pub const KEEP_CHANGES: i64 = 100_000;
-/// Revoked sessions stay this long for investigations.
-const ENDED_SESSION_GRACE: std::time::Duration = std::time::Duration::from_secs(7 * 86_400);
-
-/// File descriptors kept out of the gRPC port's connection bound.
-const FILES_KEPT: usize = 1_000;
-/// An ops connection (HTTP/1 keep-alive) idle this long is closed.
-const OPS_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+pub use derived::KEEP_CHANGES;
 
 /// Every setting of the service. TOML keys are the field names.
 #[derive(Args, Clone, Debug, Serialize, Deserialize)]
@@ -580,162 +570,6 @@ pub struct Settings {
     /// Log filter (tracing `EnvFilter` syntax; RUST_LOG wins when set).
     #[arg(long, env = "VELRO_LOG", default_value = "info", global = true)]
     pub log: String,
-}
-
-impl Settings {
-    /// Overlays the TOML file named by `config` under everything given by
-    /// flag or environment.
-    pub fn apply_file(self, matches: &ArgMatches) -> Result<Settings, String> {
-        let Some(path) = self.config.clone() else {
-            return Ok(self);
-        };
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-        let file: toml::Table =
-            toml::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut merged = toml::Table::try_from(&self).map_err(|e| e.to_string())?;
-        for (key, value) in file {
-            // TOML-only sections ([ext_authz], [security_context], …) are no clap args.
-            let is_arg = matches.try_contains_id(&key).is_ok();
-            let given = is_arg
-                && matches!(
-                    matches.value_source(&key),
-                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
-                );
-            if !given {
-                merged.insert(key, value);
-            }
-        }
-        merged
-            .try_into()
-            .map_err(|e: toml::de::Error| format!("{}: {}", path.display(), e.message()))
-    }
-
-    pub fn hash_params(&self) -> crate::auth::password::HashParams {
-        crate::auth::password::HashParams {
-            memory_kib: self.argon2_memory_kib,
-            iterations: self.argon2_iterations,
-            parallelism: self.argon2_parallelism,
-        }
-    }
-
-    /// Hashing threads: as configured, or one less than the CPUs.
-    pub fn password_threads(&self) -> usize {
-        match self.password_workers {
-            0 => std::thread::available_parallelism()
-                .map_or(1, |n| n.get().saturating_sub(1))
-                .max(1),
-            n => n,
-        }
-    }
-
-    /// The gRPC port's connection bounds (`max_connections` resolved
-    /// against the open-file limit).
-    pub fn grpc_connections(&self) -> ConnectionLimits {
-        let max_connections = match self.max_connections {
-            0 => rlimit::getrlimit(rlimit::Resource::NOFILE)
-                .map_or(10_000, |(soft, _)| soft as usize)
-                .saturating_sub(FILES_KEPT)
-                .max(64),
-            n => n,
-        };
-        ConnectionLimits {
-            max_connections,
-            handshake_timeout: self.handshake_timeout.0,
-            idle_timeout: self.idle_timeout.0,
-            stuck_timeout: self.stuck_timeout.0,
-            max_pending_bytes: self.max_pending_response_bytes,
-        }
-    }
-
-    /// Where Redis is (with the CA for `rediss://`), if it is configured.
-    pub fn redis_endpoint(&self) -> Result<Option<RedisEndpoint>, String> {
-        let Some(url) = &self.redis_url else {
-            return Ok(None);
-        };
-        let ca_pem = match &self.redis_ca_file {
-            None => None,
-            Some(path) => Some(
-                std::fs::read(path)
-                    .map_err(|e| format!("redis_ca_file {}: {e}", path.display()))?,
-            ),
-        };
-        Ok(Some(RedisEndpoint {
-            url: url.clone(),
-            ca_pem,
-        }))
-    }
-
-    /// The gRPC port's TLS files, if TLS is on.
-    pub fn tls_files(&self) -> Result<Option<TlsFiles>, String> {
-        match (&self.tls_cert, &self.tls_key) {
-            (None, None) if self.tls_client_ca.is_none() => Ok(None),
-            (Some(cert), Some(key)) => Ok(Some(TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: self.tls_client_ca.clone(),
-            })),
-            _ => Err("TLS needs both tls_cert and tls_key (tls_client_ca adds mutual TLS)".into()),
-        }
-    }
-
-    /// Where traces go, if anywhere.
-    pub fn trace_settings(&self) -> Option<crate::support::telemetry::TraceSettings> {
-        let endpoint = self.otlp_endpoint.clone()?;
-        let instance = std::env::var("HOSTNAME")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-        Some(crate::support::telemetry::TraceSettings {
-            endpoint,
-            sampling: self.trace_sampling,
-            service_name: "velro-authz".into(),
-            instance,
-        })
-    }
-
-    /// The ops port's connection bounds (HTTP/1: idle means no bytes).
-    pub fn ops_connections(&self) -> ConnectionLimits {
-        ConnectionLimits {
-            max_connections: self.ops_max_connections,
-            handshake_timeout: self.handshake_timeout.0,
-            idle_timeout: OPS_IDLE,
-            stuck_timeout: OPS_IDLE,
-            max_pending_bytes: usize::MAX,
-        }
-    }
-
-    /// What a prune keeps, as of `now_ms`.
-    pub fn prune_limits(&self, now_ms: i64) -> crate::store::retention::PruneLimits {
-        crate::store::retention::PruneLimits {
-            now_ms,
-            audit_retention_ms: self.audit_retention.0.as_millis() as i64,
-            replica_timeout_ms: REPLICA_TIMEOUT.as_millis() as i64,
-            keep_changes: KEEP_CHANGES,
-            ended_session_grace_s: ENDED_SESSION_GRACE.as_secs() as i64,
-        }
-    }
-
-    pub fn pool(&self) -> crate::store::PoolConfig {
-        crate::store::PoolConfig {
-            max_connections: self.db_max_connections,
-            acquire_timeout: self.db_acquire_timeout.0,
-        }
-    }
-
-    /// Defaults, as `velro-authz` would run with no flags, file or environment.
-    pub fn defaults() -> Result<Settings, clap::Error> {
-        use clap::{FromArgMatches, Parser};
-        #[derive(Parser)]
-        struct Only {
-            #[command(flatten)]
-            settings: Settings,
-        }
-        let matches = <Only as clap::CommandFactory>::command()
-            .no_binary_name(true)
-            .try_get_matches_from(Vec::<String>::new())?;
-        Ok(Only::from_arg_matches(&matches)?.settings)
-    }
 }
 
 #[cfg(test)]
