@@ -34,14 +34,8 @@ async fn a_guard_in_shadow_mode_lets_the_request_through_and_records_the_would_d
         s.rollout.security_context = Mode::Shadow;
     })
     .await;
-    let r = server
-        .decide(from_curl(authorize(
-            w.owner,
-            "read",
-            "project",
-            w.team.project,
-        )))
-        .await;
+    let owner_from_curl = || from_curl(authorize(w.owner, "read", "project", w.team.project));
+    let r = server.decide(owner_from_curl()).await;
     assert_eq!(r.decision(), Decision::Allow, "{r:?}");
     assert_eq!(r.decided_by, "ownership");
     assert_eq!(r.flags, ["would_deny:security_context"], "{r:?}");
@@ -77,14 +71,7 @@ async fn a_guard_in_shadow_mode_lets_the_request_through_and_records_the_would_d
         .rules
         .insert("USER_AGENT_DENIED".into(), Mode::Enforce);
     let server = crate::common::TestServer::start(s).await;
-    let r = server
-        .decide(from_curl(authorize(
-            w.owner,
-            "read",
-            "project",
-            w.team.project,
-        )))
-        .await;
+    let r = server.decide(owner_from_curl()).await;
     assert_eq!(r.decision(), Decision::Deny, "{r:?}");
     assert_eq!(r.reason, "USER_AGENT_DENIED");
     server.stop().await;

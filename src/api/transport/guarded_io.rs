@@ -55,6 +55,28 @@ impl GuardedIo {
         }
     }
 
+    /// After a write: bytes out are activity on a connection whose requests
+    /// are not counted; a write that must wait watches the bounds.
+    fn written(
+        &mut self,
+        cx: &mut Context<'_>,
+        polled: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Ready(Ok(n)) => {
+                if !self.info.state.tracks_requests && n > 0 {
+                    self.activity();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => match self.poll_bounds(cx) {
+                Ok(()) => Poll::Pending,
+                Err(e) => Poll::Ready(Err(e)),
+            },
+        }
+    }
+
     pub(super) fn activity(&self) {
         let state = &self.info.state;
         state.spoke.store(true, Ordering::Release);
@@ -111,19 +133,8 @@ impl AsyncWrite for GuardedIo {
         if let Some(why) = self.info.state.killed() {
             return Poll::Ready(Err(closed(why)));
         }
-        match Pin::new(&mut self.stream).poll_write(cx, data) {
-            Poll::Ready(Ok(n)) => {
-                if !self.info.state.tracks_requests && n > 0 {
-                    self.activity();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match self.poll_bounds(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
-        }
+        let polled = Pin::new(&mut self.stream).poll_write(cx, data);
+        self.written(cx, polled)
     }
 
     fn poll_write_vectored(
@@ -134,19 +145,8 @@ impl AsyncWrite for GuardedIo {
         if let Some(why) = self.info.state.killed() {
             return Poll::Ready(Err(closed(why)));
         }
-        match Pin::new(&mut self.stream).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if !self.info.state.tracks_requests && n > 0 {
-                    self.activity();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => match self.poll_bounds(cx) {
-                Ok(()) => Poll::Pending,
-                Err(e) => Poll::Ready(Err(e)),
-            },
-        }
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.written(cx, polled)
     }
 
     fn is_write_vectored(&self) -> bool {
