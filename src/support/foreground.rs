@@ -48,6 +48,9 @@ impl Foreground {
     /// Waits until no foreground work is in progress; `false` when that
     /// did not happen within `limit` (the caller gives up its work).
     pub async fn idle(&self, limit: Duration) -> bool {
+        if self.active() == 0 {
+            return true;
+        }
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let notified = self.idle.notified();
