@@ -14,6 +14,7 @@ use velro_authz::{
     audit::{AuditConfig, AuditEvent, AuditLog},
     store::{self, PoolConfig},
     support::clock::now_ms,
+    support::foreground::Foreground,
     support::metrics::Metrics,
 };
 
@@ -70,9 +71,14 @@ fn audit_writer_bench(c: &mut Criterion) {
             spill_path: dir.path().join("audit.spill"),
             ..AuditConfig::default()
         };
-        AuditLog::start(&config, store, metrics.clone(), stop_rx)
-            .unwrap()
-            .0
+        AuditLog::start(
+            &config,
+            store,
+            (metrics.clone(), Foreground::new()),
+            stop_rx,
+        )
+        .unwrap()
+        .0
     });
     let (subject, resource) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
     let mut group = c.benchmark_group("audit");

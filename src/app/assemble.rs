@@ -27,7 +27,7 @@ use crate::{
         security_context::SecurityContext,
     },
     store::{Backend, Store, pools::Stores},
-    support::{breaker::Breaker, metrics::Metrics, saturation::Saturation},
+    support::{breaker::Breaker, foreground::Foreground, metrics::Metrics, saturation::Saturation},
 };
 
 /// Change-log entries a starting replica reads to judge shared-tier entries.
@@ -50,6 +50,9 @@ pub struct Assembled {
     pub saturation: Arc<Saturation>,
     /// The guards' rollout modes (reloaded with the config file).
     pub rollout: Arc<Rollout>,
+    /// Password logins in progress: background work (the audit writer,
+    /// predictive warming) gives way to them.
+    pub logins: Arc<Foreground>,
     /// Followers and housekeeping: aborted at shutdown.
     pub background: Vec<JoinHandle<()>>,
     /// Ends by itself after `stop`, once the queued events are written.
@@ -140,9 +143,14 @@ pub async fn assemble(
         stores.admin.clone(),
         freshness.clone(),
     )));
-    let (audit, audit_writer) =
-        AuditLog::start(&settings.audit, stores.audit.clone(), metrics.clone(), stop)
-            .map_err(AuthzError::invalid)?;
+    let logins = Foreground::new();
+    let (audit, audit_writer) = AuditLog::start(
+        &settings.audit,
+        stores.audit.clone(),
+        (metrics.clone(), logins.clone()),
+        stop,
+    )
+    .map_err(AuthzError::invalid)?;
     let rate_limit = match settings.rate_limit.enabled {
         false => None,
         true => {
@@ -191,6 +199,7 @@ pub async fn assemble(
     let engine = Arc::new(engine.with_rollout(rollout.clone()));
     Ok(Assembled {
         rollout,
+        logins,
         engine,
         cache,
         freshness,

@@ -37,7 +37,7 @@ use crate::{
     error::AuthzError,
     proto::{self, authorization_service_server::AuthorizationServiceServer},
     store::{self, Backend, pools::Stores},
-    support::{foreground::Foreground, metrics::Metrics},
+    support::metrics::Metrics,
 };
 
 const SERVICE_NAME: &str = "velro.authz.v1.AuthorizationService";
@@ -103,11 +103,11 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         audit,
         saturation,
         rollout,
+        logins,
     } = assemble(settings, &stores, metrics.clone(), stop_rx.clone()).await?;
 
     // Predictive warming after each login or first use of a token; it waits
     // while password logins are in progress.
-    let logins = Foreground::new();
     let warmer = Arc::new(Warmer::new(
         engine.clone(),
         cache.clone(),

@@ -19,7 +19,7 @@ use uuid::Uuid;
 pub use crate::store::audit_event::{AuditEvent, AuditFilter, Text};
 use crate::{
     store::Store,
-    support::{clock::now_ms, duration::HumanDuration, metrics::Metrics},
+    support::{clock::now_ms, duration::HumanDuration, foreground::Foreground, metrics::Metrics},
 };
 pub use spill::Spill;
 
@@ -84,11 +84,12 @@ pub struct AuditLog {
 
 impl AuditLog {
     /// Starts the writer; it runs until `stop` turns true, then writes what
-    /// is queued and ends.
+    /// is queued and ends. Its inserts give way to the work counted in
+    /// `yields_to` (password logins in progress).
     pub fn start(
         config: &AuditConfig,
         store: Arc<dyn Store>,
-        metrics: Arc<Metrics>,
+        (metrics, yields_to): (Arc<Metrics>, Arc<Foreground>),
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(Arc<AuditLog>, JoinHandle<()>), String> {
         let (queue, receiver) = mpsc::channel(config.queue.max(1));
@@ -113,6 +114,8 @@ impl AuditLog {
                 outage: false,
                 outage_announced: false,
                 metrics,
+                yields_to,
+                replaying: None,
             }
             .run(stop),
         );

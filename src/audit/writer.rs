@@ -1,15 +1,18 @@
 //! The one task that writes audit events: batches from the queue go to the
 //! JSON lines sink and the database. When the database cannot be reached
 //! the writer spills at once, the whole queue included, and keeps spilling
-//! until a replay of the spill file gets through. A batch the database
+//! until a replay of the spill file gets through. A replay goes one chunk
+//! at a time between live batches, and only while the live queue is empty
+//! and logins have paused, so catching up never starves the live queue
+//! (which would spill again) nor takes a core from a login's hash. A batch the database
 //! refuses for its content is split until the bad events are isolated: they
 //! are dead-lettered with the reason, the others written. Nothing waits
 //! behind one bad event.
 
-use std::{io::Write, sync::Arc, sync::Mutex, time::Duration};
+use std::{io::Write, path::PathBuf, sync::Arc, sync::Mutex, time::Duration};
 
 use tokio::{
-    io::AsyncBufReadExt,
+    io::{AsyncBufReadExt, BufReader, Lines},
     sync::{mpsc, watch},
     time::Instant,
 };
@@ -20,11 +23,36 @@ use super::{AuditEvent, Spill, bursts::Bursts, spill};
 use crate::{
     error::AuthzError,
     store::Store,
-    support::{clock::now_ms, metrics::Metrics},
+    support::{clock::now_ms, foreground::Foreground, metrics::Metrics},
 };
 
 /// How long one insert may take before the batch is spilled instead.
 const INSERT_DEADLINE: Duration = Duration::from_secs(5);
+
+/// The longest an insert waits for password logins in progress to end:
+/// about one login, so a login storm slows the writer (its queue and the
+/// spill file absorb the rest) but never stops it.
+const YIELD_AT_MOST: Duration = Duration::from_millis(50);
+
+/// A replay chunk waits until logins have paused this long...
+const REPLAY_SETTLE: Duration = Duration::from_millis(100);
+/// ...or this long at most (then one chunk goes anyway, so a steady stream
+/// of logins slows a replay but never stops it).
+const REPLAY_DEFER_AT_MOST: Duration = Duration::from_secs(1);
+/// How often a deferred replay looks again.
+const REPLAY_RECHECK: Duration = Duration::from_millis(20);
+
+/// A replay in progress: the spill file being read, chunk by chunk.
+pub struct Replay {
+    path: PathBuf,
+    lines: Lines<BufReader<tokio::fs::File>>,
+    /// `audit_written` when it started (what it wrote is counted at the end).
+    written_before: u64,
+    /// Whether the writer was in an outage when it started.
+    outage_before: bool,
+    /// Since when the next chunk has been waiting for logins to pause.
+    deferred_since: Option<Instant>,
+}
 
 /// Where JSON lines go, if anywhere. Shared with the queue's overflow path.
 pub enum JsonLines {
@@ -90,6 +118,12 @@ pub struct Writer {
     /// The outage was logged (once, until the database is back).
     pub outage_announced: bool,
     pub metrics: Arc<Metrics>,
+    /// Password logins in progress: an insert waits for them (at most
+    /// `YIELD_AT_MOST`), since it would take a core from the login's hash
+    /// and, on SQLite, hold the write lock its session insert needs.
+    pub yields_to: Arc<Foreground>,
+    /// The spill file being replayed, if any.
+    pub replaying: Option<Replay>,
 }
 
 /// Why an insert did not happen.
@@ -140,10 +174,7 @@ impl Writer {
                 next_sync = now + self.fsync_every;
             }
             if now >= next_replay {
-                if self.spill.pending() {
-                    self.replay().await;
-                }
-                next_replay = Instant::now() + self.replay_every;
+                next_replay = self.replay_step().await;
             }
         }
         self.receiver.close();
@@ -155,6 +186,37 @@ impl Writer {
             self.write(events).await;
         }
         self.spill.sync();
+    }
+
+    /// Starts a replay when the spill file holds events, or takes its next
+    /// chunk when the live queue is empty and logins have paused (or the
+    /// chunk has waited `REPLAY_DEFER_AT_MOST`). Returns when to come back.
+    async fn replay_step(&mut self) -> Instant {
+        if self.replaying.is_none() {
+            if !self.spill.pending() {
+                return Instant::now() + self.replay_every;
+            }
+            self.replaying = self.open_replay().await;
+        }
+        let Some(replay) = self.replaying.as_mut() else {
+            return Instant::now() + self.replay_every;
+        };
+        let waited = replay
+            .deferred_since
+            .get_or_insert_with(Instant::now)
+            .elapsed();
+        let live_first = !self.receiver.is_empty();
+        if waited < REPLAY_DEFER_AT_MOST
+            && (live_first || !self.yields_to.quiet(REPLAY_SETTLE, Duration::ZERO).await)
+        {
+            return Instant::now() + REPLAY_RECHECK;
+        }
+        replay.deferred_since = None;
+        match self.replay_chunk().await {
+            // More to do: straight on (live batches still come first).
+            true => Instant::now(),
+            false => Instant::now() + self.replay_every,
+        }
     }
 
     async fn write(&mut self, mut events: Vec<AuditEvent>) {
@@ -191,6 +253,7 @@ impl Writer {
     }
 
     async fn try_insert(&self, events: &[AuditEvent]) -> Result<u64, Refused> {
+        self.yields_to.idle(YIELD_AT_MOST).await;
         let span = tracing::debug_span!("audit.batch", events = events.len());
         let insert = self.store.insert_audit(events).instrument(span);
         classify(tokio::time::timeout(INSERT_DEADLINE, insert).await)
@@ -282,63 +345,83 @@ impl Writer {
         }
     }
 
-    /// Inserts the spill file's events (in batches); removes the file when
-    /// every event is in or dead-lettered, keeps it for the next try when
-    /// the database cannot be reached.
-    async fn replay(&mut self) {
+    /// Takes the spill file aside for a replay. While it runs the writer
+    /// tries the database again (events spilled in an outage included).
+    async fn open_replay(&mut self) -> Option<Replay> {
         let path = match self.spill.take() {
             Ok(Some(path)) => path,
-            Ok(None) => return,
-            Err(e) => return tracing::error!("cannot replay the audit spill file: {e}"),
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::error!("cannot replay the audit spill file: {e}");
+                return None;
+            }
         };
         let file = match tokio::fs::File::open(&path).await {
             Ok(f) => f,
-            Err(e) => return tracing::error!("cannot read {}: {e}", path.display()),
+            Err(e) => {
+                tracing::error!("cannot read {}: {e}", path.display());
+                return None;
+            }
         };
-        let mut lines = tokio::io::BufReader::new(file).lines();
-        let before = self.metrics.ops.audit_written.get();
-        let outage = self.outage;
+        let replay = Replay {
+            path,
+            lines: BufReader::new(file).lines(),
+            written_before: self.metrics.ops.audit_written.get(),
+            outage_before: self.outage,
+            deferred_since: None,
+        };
         self.outage = false;
-        loop {
-            let mut chunk = Vec::with_capacity(self.batch);
-            while chunk.len() < self.batch {
-                match lines.next_line().await {
-                    Ok(Some(line)) if line.trim().is_empty() => {}
-                    Ok(Some(line)) => match spill::parse(&line) {
-                        Ok(event) => chunk.push(event),
-                        Err(why) => {
-                            self.metrics.ops.audit_dead_lettered.inc();
-                            tracing::error!("{why}; kept in the dead-letter file");
-                            if let Err(e) = self.spill.dead_letter_line(&line, &why) {
-                                self.metrics.ops.audit_lost.inc();
-                                tracing::error!("an unreadable audit line is lost: {e}");
-                            }
+        Some(replay)
+    }
+
+    /// Inserts the next chunk of the file being replayed; whether there is
+    /// more. At the end the file is removed (every event is in or
+    /// dead-lettered); when the database cannot be reached it is kept whole
+    /// for the next try (rows already in are skipped then).
+    async fn replay_chunk(&mut self) -> bool {
+        let Some(mut replay) = self.replaying.take() else {
+            return false;
+        };
+        let mut chunk = Vec::with_capacity(self.batch);
+        while chunk.len() < self.batch {
+            match replay.lines.next_line().await {
+                Ok(Some(line)) if line.trim().is_empty() => {}
+                Ok(Some(line)) => match spill::parse(&line) {
+                    Ok(event) => chunk.push(event),
+                    Err(why) => {
+                        self.metrics.ops.audit_dead_lettered.inc();
+                        tracing::error!("{why}; kept in the dead-letter file");
+                        if let Err(e) = self.spill.dead_letter_line(&line, &why) {
+                            self.metrics.ops.audit_lost.inc();
+                            tracing::error!("an unreadable audit line is lost: {e}");
                         }
-                    },
-                    Ok(None) => break,
-                    Err(e) => {
-                        self.outage = outage;
-                        return tracing::error!("cannot read {}: {e}", path.display());
                     }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    self.outage = replay.outage_before;
+                    tracing::error!("cannot read {}: {e}", replay.path.display());
+                    return false;
                 }
             }
-            if chunk.is_empty() {
-                break;
-            }
-            // Unreachable again: this file is tried again whole later (rows
-            // already in are skipped).
+        }
+        if !chunk.is_empty() {
+            // Unreachable again: the file stays for a later replay.
             if !self.insert(chunk, false).await {
-                return;
+                return false;
             }
+            self.replaying = Some(replay);
+            return true;
         }
         // Rows already present (a replay cut short before) are skipped by
         // the database and not counted again.
-        let replayed = self.metrics.ops.audit_written.get() - before;
+        let replayed = self.metrics.ops.audit_written.get() - replay.written_before;
         self.metrics.ops.audit_replayed.inc_by(replayed);
         self.outage_announced = false;
-        match tokio::fs::remove_file(&path).await {
+        match tokio::fs::remove_file(&replay.path).await {
             Ok(()) => tracing::info!("{replayed} spilled audit events replayed"),
-            Err(e) => tracing::error!("cannot remove {}: {e}", path.display()),
+            Err(e) => tracing::error!("cannot remove {}: {e}", replay.path.display()),
         }
+        false
     }
 }

@@ -38,9 +38,10 @@ impl HashParams {
 /// A hashing job, run on one of the pool's threads.
 type Job = Box<dyn FnOnce(&Argon2<'static>) + Send>;
 
-/// Starts the hashing threads: plain OS threads at the lowest scheduling
-/// priority, so that when the CPU is contended the runtime's decisions run
-/// first and logins take what is left (a login may wait, a decision not).
+/// Starts the hashing threads: plain OS threads at the runtime's priority.
+/// There are `password_workers` of them (the cores minus one by default), so
+/// decisions always keep a core; at the lowest priority (tried before) any
+/// background work preempted a hash and a login's latency doubled.
 fn hashing_threads(
     workers: usize,
     argon2: &Argon2<'static>,
@@ -52,11 +53,6 @@ fn hashing_threads(
         std::thread::Builder::new()
             .name(format!("velro-hash-{n}"))
             .spawn(move || {
-                if let Err(e) = thread_priority::set_current_thread_priority(
-                    thread_priority::ThreadPriority::Min,
-                ) {
-                    tracing::warn!("cannot lower the hashing thread's priority: {e:?}");
-                }
                 loop {
                     let job = match queue.lock() {
                         Ok(queue) => queue.recv(),

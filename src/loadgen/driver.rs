@@ -163,6 +163,19 @@ async fn send(
                     .await
                     .map_err(status)?
                     .into_inner();
+                // A denied response for overload or an outage (429/503) is
+                // the service not deciding, not a decision: count its code.
+                let code = Code::from_i32(r.status.as_ref().map_or(0, |s| s.code));
+                if matches!(
+                    code,
+                    Code::ResourceExhausted
+                        | Code::Unavailable
+                        | Code::DeadlineExceeded
+                        | Code::Internal
+                        | Code::Unknown
+                ) {
+                    return Ok(vec![Err(code)]);
+                }
                 let allow = matches!(r.http_response, Some(EnvoyHttpResponse::OkResponse(_)));
                 Ok(vec![Ok((allow, PermissionSource::None))])
             }

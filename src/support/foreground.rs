@@ -1,22 +1,28 @@
 //! Foreground work that background work yields to: logins in progress are
-//! counted here, and predictive warming waits until none is before it
-//! computes anything, so a warm-up never takes CPU or a connection from a
-//! login that is still being answered.
+//! counted here. Predictive warming waits until none is before it computes
+//! anything, the audit writer before each insert, and the replay of spilled
+//! audit events until logins have paused a while, so background work never
+//! takes CPU or a connection from a login that is still being answered.
 
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tokio::sync::Notify;
 
-#[derive(Default)]
+/// How often `quiet` looks again.
+const QUIET_POLL: Duration = Duration::from_millis(10);
+
 pub struct Foreground {
     active: AtomicUsize,
     idle: Notify,
+    epoch: Instant,
+    /// When the last piece of work ended (µs since `epoch`).
+    last_end_us: AtomicU64,
 }
 
 /// One piece of foreground work; dropping it ends it.
@@ -24,6 +30,9 @@ pub struct InProgress(Arc<Foreground>);
 
 impl Drop for InProgress {
     fn drop(&mut self) {
+        // Never 0: that means "nothing ended yet".
+        let now = (self.0.epoch.elapsed().as_micros() as u64).max(1);
+        self.0.last_end_us.fetch_max(now, Ordering::AcqRel);
         if self.0.active.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle.notify_waiters();
         }
@@ -32,7 +41,37 @@ impl Drop for InProgress {
 
 impl Foreground {
     pub fn new() -> Arc<Foreground> {
-        Arc::new(Foreground::default())
+        Arc::new(Foreground {
+            active: AtomicUsize::new(0),
+            idle: Notify::new(),
+            epoch: Instant::now(),
+            last_end_us: AtomicU64::new(0),
+        })
+    }
+
+    /// Nothing in progress, and nothing ended within `settle`.
+    fn paused_for(&self, settle: Duration) -> bool {
+        let last_end = self.last_end_us.load(Ordering::Acquire);
+        let since_end = (self.epoch.elapsed().as_micros() as u64).saturating_sub(last_end);
+        self.active() == 0 && (last_end == 0 || Duration::from_micros(since_end) >= settle)
+    }
+
+    /// Waits until foreground work has paused for `settle` (none in
+    /// progress, none ended meanwhile): what deferrable work needs, since
+    /// back-to-back logins are never idle for long. `false` when that did
+    /// not happen within `limit` (the caller then does a little anyway).
+    pub async fn quiet(&self, settle: Duration, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if self.paused_for(settle) {
+                return true;
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            tokio::time::sleep_until((now + QUIET_POLL).min(deadline)).await;
+        }
     }
 
     /// Marks foreground work as in progress until the guard is dropped.
@@ -87,5 +126,25 @@ mod tests {
         drop(second);
         assert!(waiter.await.unwrap());
         assert_eq!(foreground.active(), 0);
+    }
+
+    #[tokio::test]
+    async fn quiet_waits_for_a_pause_not_just_a_gap() {
+        let foreground = Foreground::new();
+        let settle = Duration::from_millis(100);
+        assert!(foreground.quiet(settle, Duration::ZERO).await, "never busy");
+        drop(foreground.enter());
+        // The work just ended: idle, but not yet quiet.
+        assert!(foreground.idle(Duration::ZERO).await);
+        assert!(!foreground.quiet(settle, Duration::ZERO).await);
+        let started = tokio::time::Instant::now();
+        assert!(foreground.quiet(settle, Duration::from_secs(10)).await);
+        assert!(
+            started.elapsed() >= Duration::from_millis(90),
+            "it waited the pause out"
+        );
+        // Work in progress throughout: the limit ends the wait.
+        let _busy = foreground.enter();
+        assert!(!foreground.quiet(settle, Duration::from_millis(500)).await);
     }
 }

@@ -5,6 +5,7 @@
 mod common;
 
 mod audit;
+mod audit_replay;
 mod audit_trail;
 mod auth;
 mod bad_input;
