@@ -109,7 +109,9 @@ impl BenchDb {
         stamp: &str,
     ) -> Result<(BenchDb, String), LoadError> {
         let Some(admin) = &options.postgres_url else {
-            let file = options.out.join(format!("bench-{stamp}.db"));
+            // Absolute: the server runs in a directory of its own.
+            let file = std::path::absolute(options.out.join(format!("bench-{stamp}.db")))
+                .map_err(|e| LoadError(format!("{}: {e}", options.out.display())))?;
             let url = format!("sqlite://{}", file.display());
             return Ok((BenchDb::Sqlite(file), url));
         };
@@ -235,13 +237,35 @@ async fn server_counters(ops: &str) -> BTreeMap<String, String> {
 
 /// Starts `velro-authz serve` on free loopback ports with the run's
 /// database and shared tiers; returns the child, its gRPC and ops addresses.
-fn start_server(
-    options: &StandardOptions,
-    url: &str,
-) -> Result<(Child, String, String), LoadError> {
+/// A server of the run, in a working directory of its own (its audit spill
+/// file is there, so an earlier run's unreplayed events never reach this
+/// run's database); remove the directory after the server.
+struct Server {
+    child: Child,
+    addr: String,
+    ops: String,
+    dir: PathBuf,
+}
+
+impl Server {
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start_server(options: &StandardOptions, url: &str) -> Result<Server, LoadError> {
     let (grpc, ops) = (free_port()?, free_port()?);
     let addr = format!("127.0.0.1:{grpc}");
+    let dir = std::env::temp_dir().join(format!("velro-report-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).map_err(|e| LoadError(format!("{}: {e}", dir.display())))?;
     let mut command = Command::new(&options.server_bin);
+    command.current_dir(&dir);
+    if let Some(config) = std::env::var_os("VELRO_CONFIG") {
+        let config = std::path::absolute(&config)
+            .map_err(|e| LoadError(format!("VELRO_CONFIG {}: {e}", config.display())))?;
+        command.env("VELRO_CONFIG", config);
+    }
     command
         .args([
             "serve",
@@ -270,13 +294,18 @@ fn start_server(
             &options.redis_prefix,
         ]);
     }
-    let server = command.kill_on_drop(true).spawn().map_err(|e| {
+    let child = command.kill_on_drop(true).spawn().map_err(|e| {
         LoadError(format!(
             "cannot start {}: {e}",
             options.server_bin.display()
         ))
     })?;
-    Ok((server, addr, format!("127.0.0.1:{ops}")))
+    Ok(Server {
+        child,
+        addr,
+        ops: format!("127.0.0.1:{ops}"),
+        dir,
+    })
 }
 
 /// Runs Authorize hot on a second, cold replica next to the warm one: what
@@ -286,9 +315,10 @@ async fn cold_replica(
     url: &str,
     run: &RunOptions,
 ) -> Result<ScenarioResult, LoadError> {
-    let (mut cold, addr, _) = start_server(options, url)?;
+    let mut cold = start_server(options, url)?;
+    let addr = cold.addr.clone();
     let result = async {
-        wait_serving(&addr, &mut cold).await?;
+        wait_serving(&addr, &mut cold.child).await?;
         let run = RunOptions {
             host: Some(addr.clone()),
             ..run.clone()
@@ -298,7 +328,7 @@ async fn cold_replica(
         Ok(scenario)
     }
     .await;
-    let _ = cold.kill().await;
+    cold.stop().await;
     result
 }
 
@@ -308,9 +338,10 @@ async fn run_against(
     data_dir: &Path,
     report: &mut RunReport,
 ) -> Result<(), LoadError> {
-    let (mut server, addr, ops) = start_server(options, url)?;
+    let mut server = start_server(options, url)?;
+    let (addr, ops) = (server.addr.clone(), server.ops.clone());
     let result = async {
-        wait_serving(&addr, &mut server).await?;
+        wait_serving(&addr, &mut server.child).await?;
         let run = RunOptions {
             host: Some(addr.clone()),
             data_dir: Some(data_dir.to_path_buf()),
@@ -377,7 +408,7 @@ async fn run_against(
                 .push(cold_replica(options, url, &run).await?);
         }
         report.setup.extend(server_counters(&ops).await);
-        if let Some(rss) = peak_rss_mib(server.id()) {
+        if let Some(rss) = peak_rss_mib(server.child.id()) {
             report
                 .setup
                 .insert("server_peak_rss_mib".into(), format!("{rss:.0}"));
@@ -385,7 +416,7 @@ async fn run_against(
         Ok(())
     }
     .await;
-    let _ = server.kill().await;
+    server.stop().await;
     result
 }
 
