@@ -6,39 +6,21 @@
 
 use std::{sync::Arc, time::Duration};
 
-use uuid::Uuid;
 use velro_authz::{
     audit::{AuditConfig, AuditEvent, AuditLog, FsyncPolicy, Spill},
     store::Store,
     support::{
-        clock::now_ms,
         duration::HumanDuration,
         foreground::{Foreground, InProgress},
         metrics::Metrics,
     },
 };
 
-use crate::common::{Db, TestDb, eventually};
+use crate::common::{Db, TestDb, eventually, fixture::audit_event};
 
 /// Spilled events waiting when the writer starts: a replay of many chunks.
 const SPILLED: usize = 20_000;
 const BATCH: usize = 500;
-
-fn event(subject: &str) -> AuditEvent {
-    AuditEvent {
-        id: Uuid::now_v7(),
-        at_ms: now_ms(),
-        kind: "decision".into(),
-        subject: subject.to_owned(),
-        action: "read".into(),
-        resource_type: "project".into(),
-        resource_id: Uuid::new_v4().to_string(),
-        decision: "allow".into(),
-        layer: "team".into(),
-        reason: "TEAM_ROLE".into(),
-        ..AuditEvent::default()
-    }
-}
 
 struct Writer {
     db: TestDb,
@@ -63,7 +45,7 @@ async fn writer_with_a_backlog(login: bool) -> (Writer, Option<InProgress>) {
         fsync: FsyncPolicy::Off,
         ..AuditConfig::default()
     };
-    let backlog: Vec<AuditEvent> = (0..SPILLED).map(|_| event("spilled")).collect();
+    let backlog: Vec<AuditEvent> = (0..SPILLED).map(|_| audit_event("spilled", "")).collect();
     Spill::open(&config.spill_path, FsyncPolicy::Off)
         .unwrap()
         .append(&backlog)
@@ -91,6 +73,19 @@ async fn writer_with_a_backlog(login: bool) -> (Writer, Option<InProgress>) {
 }
 
 impl Writer {
+    /// Waits until every spilled event is in, none lost; closes the store.
+    async fn replay_finished(self) {
+        eventually(Duration::from_secs(60), "the replay finished", || async {
+            match self.rows("spilled").await as usize {
+                SPILLED => Ok(()),
+                n => Err(format!("{n} of {SPILLED}")),
+            }
+        })
+        .await;
+        assert_eq!(self.metrics.ops.audit_lost.get(), 0);
+        self.store.close().await;
+    }
+
     async fn rows(&self, subject: &str) -> i64 {
         self.db
             .number(&format!(
@@ -110,7 +105,7 @@ async fn live_events_are_written_while_a_long_replay_is_under_way() {
         }
     })
     .await;
-    w.log.record(event("live"));
+    w.log.record(audit_event("live", ""));
     eventually(
         Duration::from_secs(20),
         "the live event written",
@@ -127,15 +122,7 @@ async fn live_events_are_written_while_a_long_replay_is_under_way() {
         (replayed as usize) < SPILLED,
         "the live event waited for the whole replay ({replayed} of {SPILLED} rows were in first)"
     );
-    eventually(Duration::from_secs(60), "the replay finished", || async {
-        match w.rows("spilled").await as usize {
-            SPILLED => Ok(()),
-            n => Err(format!("{n} of {SPILLED}")),
-        }
-    })
-    .await;
-    assert_eq!(w.metrics.ops.audit_lost.get(), 0);
-    w.store.close().await;
+    w.replay_finished().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,13 +138,5 @@ async fn a_replay_gives_way_to_logins_and_catches_up_when_they_pause() {
     );
     assert_eq!(w.logins.active(), 1);
     drop(login);
-    eventually(Duration::from_secs(60), "the replay finished", || async {
-        match w.rows("spilled").await as usize {
-            SPILLED => Ok(()),
-            n => Err(format!("{n} of {SPILLED}")),
-        }
-    })
-    .await;
-    assert_eq!(w.metrics.ops.audit_lost.get(), 0);
-    w.store.close().await;
+    w.replay_finished().await;
 }

@@ -10,12 +10,12 @@ use uuid::Uuid;
 use velro_authz::{
     audit::{AuditEvent, AuditFilter},
     proto::{self, Decision, authenticate_request::Credentials},
-    support::{clock::now_ms, duration::HumanDuration},
+    support::duration::HumanDuration,
 };
 
 use crate::common::{
     Db, TestDb, eventually,
-    fixture::{World, authorize, item},
+    fixture::{World, audit_event, authorize, item},
     login::{ADMIN_TOKEN, PASSWORD, auth_server},
     process::{connect, free_port, serve},
     proxy::Proxy,
@@ -166,23 +166,6 @@ async fn text_that_cannot_be_stored_is_refused_at_the_edge() {
     w.server.stop().await;
 }
 
-fn event(subject: &str, request_id: &str) -> AuditEvent {
-    AuditEvent {
-        id: Uuid::now_v7(),
-        at_ms: now_ms(),
-        kind: "decision".into(),
-        subject: subject.to_owned(),
-        action: "read".into(),
-        resource_type: "project".into(),
-        resource_id: Uuid::new_v4().to_string(),
-        decision: "allow".into(),
-        layer: "team".into(),
-        reason: "TEAM_ROLE".into(),
-        request_id: request_id.to_owned(),
-        ..AuditEvent::default()
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_poisoned_spill_file_is_dead_lettered_and_every_other_event_lands() {
     let dir = tempfile::tempdir().unwrap();
@@ -190,9 +173,9 @@ async fn a_poisoned_spill_file_is_dead_lettered_and_every_other_event_lands() {
     // A spill file left by an earlier run: good events, one the database
     // refuses (a NUL in its text), one line torn by a crash.
     let good: Vec<AuditEvent> = (0..5)
-        .map(|i| event("spilled", &format!("ok-{i}")))
+        .map(|i| audit_event("spilled", &format!("ok-{i}")))
         .collect();
-    let poisoned = event("spilled", "poison\0here");
+    let poisoned = audit_event("spilled", "poison\0here");
     let mut text = String::new();
     for e in &good[..3] {
         text.push_str(&serde_json::to_string(e).unwrap());

@@ -2,6 +2,7 @@
 
 use uuid::Uuid;
 use velro_authz::{
+    audit::AuditEvent,
     model::workload::{Dataset, Generation, Media, Member, Project, Team, User},
     model::{TeamRole, Visibility},
     proto,
@@ -145,5 +146,23 @@ pub fn item(user: Uuid, action: &str, kind: &str, id: Uuid) -> proto::BatchItem 
         action: r.action,
         resource: r.resource,
         ..Default::default()
+    }
+}
+
+/// An allowed decision's audit event for `subject`, as the writer gets it.
+pub fn audit_event(subject: &str, request_id: &str) -> AuditEvent {
+    AuditEvent {
+        id: Uuid::now_v7(),
+        at_ms: velro_authz::support::clock::now_ms(),
+        kind: "decision".into(),
+        subject: subject.to_owned(),
+        action: "read".into(),
+        resource_type: "project".into(),
+        resource_id: Uuid::new_v4().to_string(),
+        decision: "allow".into(),
+        layer: "team".into(),
+        reason: "TEAM_ROLE".into(),
+        request_id: request_id.to_owned(),
+        ..AuditEvent::default()
     }
 }
