@@ -40,7 +40,7 @@ impl HashParams {
 
 /// A hashing thread's working memory: argon2's blocks (19 MiB at the
 /// default cost), allocated once per thread. Allocated per hash, the fresh
-/// pages were faulted in every time: about a third of a hash's CPU time.
+/// pages were faulted in every time: about a quarter of a hash's CPU time.
 type Memory = Vec<Block>;
 
 /// A hashing job, run on one of the pool's threads.
