@@ -4,10 +4,10 @@
 //! until a replay of the spill file gets through. A replay goes one chunk
 //! at a time between live batches, and only while the live queue is empty
 //! and logins have paused, so catching up never starves the live queue
-//! (which would spill again) nor takes a core from a login's hash. A batch the database
-//! refuses for its content is split until the bad events are isolated: they
-//! are dead-lettered with the reason, the others written. Nothing waits
-//! behind one bad event.
+//! (which would spill again) nor takes a core from a login's hash. A batch
+//! the database refuses for its content is split until the bad events are
+//! isolated: they are dead-lettered with the reason, the others written.
+//! Nothing waits behind one bad event.
 
 use std::{io::Write, path::PathBuf, sync::Arc, sync::Mutex, time::Duration};
 
@@ -38,8 +38,9 @@ const YIELD_AT_MOST: Duration = Duration::from_millis(50);
 const REPLAY_SETTLE: Duration = Duration::from_millis(100);
 /// ...or this long at most (then one chunk goes anyway, so a steady stream
 /// of logins slows a replay but never stops it). Only back-to-back logins
-/// never pause for `REPLAY_SETTLE`; at one chunk a second a login in 30
-/// still met one (enough to make the p99).
+/// never pause for `REPLAY_SETTLE`. One-at-a-time login p99 in the full
+/// report with 1 s: 43 ms (SQLite), 50 ms (PostgreSQL), one run each; with
+/// 5 s: 36 ms (one run), 32-40 ms (two runs). Runs vary by 10-30 %.
 const REPLAY_DEFER_AT_MOST: Duration = Duration::from_secs(5);
 /// How often a deferred replay looks again.
 const REPLAY_RECHECK: Duration = Duration::from_millis(20);
@@ -209,7 +210,7 @@ impl Writer {
             .elapsed();
         let live_first = !self.receiver.is_empty();
         if waited < REPLAY_DEFER_AT_MOST
-            && (live_first || !self.yields_to.quiet(REPLAY_SETTLE, Duration::ZERO).await)
+            && (live_first || !self.yields_to.paused_for(REPLAY_SETTLE))
         {
             return Instant::now() + REPLAY_RECHECK;
         }

@@ -235,11 +235,9 @@ async fn server_counters(ops: &str) -> BTreeMap<String, String> {
     found
 }
 
-/// Starts `velro-authz serve` on free loopback ports with the run's
-/// database and shared tiers; returns the child, its gRPC and ops addresses.
 /// A server of the run, in a working directory of its own (its audit spill
 /// file is there, so an earlier run's unreplayed events never reach this
-/// run's database); remove the directory after the server.
+/// run's database); `stop` removes the directory after the server.
 struct Server {
     child: Child,
     addr: String,
@@ -254,6 +252,8 @@ impl Server {
     }
 }
 
+/// Starts `velro-authz serve` on free loopback ports with the run's
+/// database and shared tiers.
 fn start_server(options: &StandardOptions, url: &str) -> Result<Server, LoadError> {
     let (grpc, ops) = (free_port()?, free_port()?);
     let addr = format!("127.0.0.1:{grpc}");

@@ -14,9 +14,6 @@ use std::{
 
 use tokio::sync::Notify;
 
-/// How often `quiet` looks again.
-const QUIET_POLL: Duration = Duration::from_millis(10);
-
 pub struct Foreground {
     active: AtomicUsize,
     idle: Notify,
@@ -49,29 +46,14 @@ impl Foreground {
         })
     }
 
-    /// Nothing in progress, and nothing ended within `settle`.
-    fn paused_for(&self, settle: Duration) -> bool {
+    /// Whether foreground work has paused for `settle`: none in progress
+    /// and none ended within it. What deferrable work asks, since
+    /// back-to-back logins leave gaps of well under a millisecond, which
+    /// `idle` would take for a pause.
+    pub fn paused_for(&self, settle: Duration) -> bool {
         let last_end = self.last_end_us.load(Ordering::Acquire);
         let since_end = (self.epoch.elapsed().as_micros() as u64).saturating_sub(last_end);
         self.active() == 0 && (last_end == 0 || Duration::from_micros(since_end) >= settle)
-    }
-
-    /// Waits until foreground work has paused for `settle` (none in
-    /// progress, none ended meanwhile): what deferrable work needs, since
-    /// back-to-back logins are never idle for long. `false` when that did
-    /// not happen within `limit` (the caller then does a little anyway).
-    pub async fn quiet(&self, settle: Duration, limit: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            if self.paused_for(settle) {
-                return true;
-            }
-            let now = tokio::time::Instant::now();
-            if now >= deadline {
-                return false;
-            }
-            tokio::time::sleep_until((now + QUIET_POLL).min(deadline)).await;
-        }
     }
 
     /// Marks foreground work as in progress until the guard is dropped.
@@ -129,22 +111,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn quiet_waits_for_a_pause_not_just_a_gap() {
+    async fn a_pause_is_more_than_a_gap() {
         let foreground = Foreground::new();
-        let settle = Duration::from_millis(100);
-        assert!(foreground.quiet(settle, Duration::ZERO).await, "never busy");
+        let (long, short) = (Duration::from_secs(3_600), Duration::from_millis(20));
+        assert!(foreground.paused_for(long), "never busy");
         drop(foreground.enter());
-        // The work just ended: idle, but not yet quiet.
+        // The work just ended: idle, but not paused for an hour.
         assert!(foreground.idle(Duration::ZERO).await);
-        assert!(!foreground.quiet(settle, Duration::ZERO).await);
-        let started = tokio::time::Instant::now();
-        assert!(foreground.quiet(settle, Duration::from_secs(10)).await);
-        assert!(
-            started.elapsed() >= Duration::from_millis(90),
-            "it waited the pause out"
-        );
-        // Work in progress throughout: the limit ends the wait.
+        assert!(!foreground.paused_for(long));
+        tokio::time::sleep(short).await;
+        assert!(foreground.paused_for(short));
+        // Work in progress: never paused, however short the pause asked.
         let _busy = foreground.enter();
-        assert!(!foreground.quiet(settle, Duration::from_millis(500)).await);
+        assert!(!foreground.paused_for(Duration::ZERO));
     }
 }
