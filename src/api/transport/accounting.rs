@@ -18,10 +18,9 @@ use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame};
 use prometheus_client::metrics::gauge::Gauge;
 use tonic::{Status, body::Body};
-use tower::Service;
 
 use super::{
-    around::{Answer, Around},
+    around::{Answer, Around, Inner},
     connections::{ConnInfo, Connections},
 };
 use crate::error::AuthzError;
@@ -50,12 +49,7 @@ fn backlog(conn: &ConnInfo, limit: usize) -> Response<Body> {
 pub struct Accounting(pub Arc<Connections>);
 
 impl Around for Accounting {
-    fn around<S, B>(&self, request: Request<B>, inner: &mut S) -> Answer<S::Error>
-    where
-        S: Service<Request<B>, Response = Response<Body>> + Send,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-    {
+    fn around<S: Inner<B>, B>(&self, request: Request<B>, inner: &mut S) -> Answer<S::Error> {
         let conn = request.extensions().get::<ConnInfo>().cloned();
         let limit = self.0.limits().max_pending_bytes;
         if let Some(conn) = &conn

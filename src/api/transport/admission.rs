@@ -23,11 +23,10 @@ use std::{
     time::Duration,
 };
 
-use http::{Request, Response};
-use tonic::{Status, body::Body};
-use tower::Service;
+use http::Request;
+use tonic::Status;
 
-use super::around::{Answer, Around};
+use super::around::{Answer, Around, Inner};
 
 use crate::{
     error::{AuthzError, OVERLOAD_RETRY},
@@ -112,12 +111,7 @@ impl Admission {
 pub struct Admit(pub Arc<Admission>);
 
 impl Around for Admit {
-    fn around<S, B>(&self, request: Request<B>, inner: &mut S) -> Answer<S::Error>
-    where
-        S: Service<Request<B>, Response = Response<Body>> + Send,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-    {
+    fn around<S: Inner<B>, B>(&self, request: Request<B>, inner: &mut S) -> Answer<S::Error> {
         let path = request.uri().path();
         if EXEMPT.iter().any(|prefix| path.starts_with(prefix)) {
             return Box::pin(inner.call(request));

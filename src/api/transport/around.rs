@@ -14,12 +14,25 @@ use crate::support::futures::BoxFuture;
 /// A response to come, from the layer or from the inner service.
 pub type Answer<E> = BoxFuture<'static, Result<Response<Body>, E>>;
 
+/// The rest of the stack, as a layer sees it: an HTTP service whose
+/// futures and errors can cross tasks.
+pub trait Inner<B>:
+    Service<Request<B>, Response = Response<Body>, Future: Send + 'static, Error: Send + 'static> + Send
+{
+}
+
+impl<S, B> Inner<B> for S where
+    S: Service<
+            Request<B>,
+            Response = Response<Body>,
+            Future: Send + 'static,
+            Error: Send + 'static,
+        > + Send
+{
+}
+
 pub trait Around: Clone {
-    fn around<S, B>(&self, request: Request<B>, inner: &mut S) -> Answer<S::Error>
-    where
-        S: Service<Request<B>, Response = Response<Body>> + Send,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static;
+    fn around<S: Inner<B>, B>(&self, request: Request<B>, inner: &mut S) -> Answer<S::Error>;
 }
 
 #[derive(Clone, Debug)]
@@ -42,12 +55,7 @@ pub struct Wrapped<S, A> {
     around: A,
 }
 
-impl<S, B, A: Around> Service<Request<B>> for Wrapped<S, A>
-where
-    S: Service<Request<B>, Response = Response<Body>> + Send,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-{
+impl<S: Inner<B>, B, A: Around> Service<Request<B>> for Wrapped<S, A> {
     type Response = Response<Body>;
     type Error = S::Error;
     type Future = Answer<S::Error>;

@@ -9,15 +9,14 @@
 
 use std::sync::Arc;
 
-use http::{Request, Response};
+use http::Request;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tonic::{Status, body::Body};
-use tower::Service;
+use tonic::Status;
 use uuid::Uuid;
 
 use super::{
-    around::{Answer, Around},
+    around::{Answer, Around, Inner},
     connections::ConnInfo,
 };
 use crate::{
@@ -215,12 +214,7 @@ impl Callers {
 pub struct CheckCallers(pub Arc<Callers>);
 
 impl Around for CheckCallers {
-    fn around<S, B>(&self, mut request: Request<B>, inner: &mut S) -> Answer<S::Error>
-    where
-        S: Service<Request<B>, Response = Response<Body>> + Send,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-    {
+    fn around<S: Inner<B>, B>(&self, mut request: Request<B>, inner: &mut S) -> Answer<S::Error> {
         let path = request.uri().path().to_owned();
         if !self.0.enforced() || OPEN.iter().any(|p| path.starts_with(p)) {
             return Box::pin(inner.call(request));

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use http::{HeaderValue, Request, Response};
 use tonic::{Code, Status, body::Body};
-use tower::Service;
 
-use super::around::{Answer, Around};
+use super::around::{Answer, Around, Inner};
 
 /// Margin by which our deadline fires before the client's own deadline
 /// timer (a tenth of it, within these bounds), so the caller sees our
@@ -26,12 +25,7 @@ pub struct Deadline {
 }
 
 impl Around for Deadline {
-    fn around<S, B>(&self, request: Request<B>, inner: &mut S) -> Answer<S::Error>
-    where
-        S: Service<Request<B>, Response = Response<Body>> + Send,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-    {
+    fn around<S: Inner<B>, B>(&self, request: Request<B>, inner: &mut S) -> Answer<S::Error> {
         let deadline = match client_timeout(request.headers().get("grpc-timeout")) {
             Some(client) if client < self.server_timeout => {
                 client.saturating_sub((client / 10).clamp(DEADLINE_MARGIN.0, DEADLINE_MARGIN.1))

@@ -4,25 +4,18 @@
 //! Redis) is its child, and log lines inside it carry its trace id. With
 //! tracing off it costs one relaxed atomic load.
 
-use http::{Request, Response};
-use tonic::body::Body;
-use tower::Service;
+use http::Request;
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
-use super::around::{Answer, Around};
+use super::around::{Answer, Around, Inner};
 use crate::support::telemetry;
 
 #[derive(Clone, Debug, Default)]
 pub struct Trace;
 
 impl Around for Trace {
-    fn around<S, B>(&self, request: Request<B>, inner: &mut S) -> Answer<S::Error>
-    where
-        S: Service<Request<B>, Response = Response<Body>> + Send,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
-    {
+    fn around<S: Inner<B>, B>(&self, request: Request<B>, inner: &mut S) -> Answer<S::Error> {
         if !telemetry::enabled() {
             return Box::pin(inner.call(request));
         }
