@@ -249,6 +249,11 @@ impl TokenService {
         &self.keys
     }
 
+    /// The `iss` of the tokens this service issues.
+    pub fn own_issuer(&self) -> &str {
+        &self.own.name
+    }
+
     /// A new access token for `user` in `session`; returns it and its expiry.
     pub fn issue(&self, user: Uuid, session: Uuid, now: u64) -> Result<(String, u64), AuthzError> {
         let keys = self.keys.current();

@@ -224,11 +224,20 @@ impl Authenticator {
         let _in_progress = self.logins.enter();
         let credentials = self.store.credentials(email.trim()).await?;
         let stored = credentials.as_ref().and_then(|c| c.password_hash.clone());
-        // Unknown emails are verified against the dummy hash: same work, same answer.
-        let verified = self
-            .hashing
-            .verify(slot, password.to_owned(), stored)
-            .await?;
+        // Unknown emails are verified against the dummy hash: same work,
+        // same answer. The user's teams are read while the hash runs, so
+        // the login's principal costs no round trip after it.
+        let teams = async {
+            match &credentials {
+                Some(user) => self.store.memberships(user.user_id).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (verified, teams) = tokio::join!(
+            self.hashing.verify(slot, password.to_owned(), stored),
+            teams
+        );
+        let verified = verified?;
         let Some(user) = credentials.filter(|_| verified.matches) else {
             self.accounts.failed(&account);
             if !client.ip.is_empty() {
@@ -264,7 +273,26 @@ impl Authenticator {
                 refresh_expires_at: (now + self.refresh_ttl) as i64,
             })
             .await?;
-        self.pair(user.user_id, session, refresh, now).await
+        // The principal is known without reading back the session just
+        // written (what verifying the new token would do: two reads and a
+        // write more for every login).
+        let (access, exp) = self.tokens.issue(user.user_id, session, now)?;
+        let principal = Arc::new(Principal {
+            user_id: user.user_id,
+            email: user.email,
+            session_id: Some(session),
+            expires_at: exp,
+            teams: teams?.unwrap_or_default(),
+            issuer: self.tokens.own_issuer().to_owned(),
+        });
+        self.remember(&access, principal.clone()).await;
+        let tokens = TokenPair {
+            access_token: access,
+            access_expires_at: exp,
+            refresh_token: refresh,
+            refresh_expires_at: now + self.refresh_ttl,
+        };
+        Ok(((*principal).clone(), tokens))
     }
 
     async fn pair(
@@ -416,11 +444,19 @@ impl Authenticator {
         }
         let claims = self.tokens.verify(token).await?;
         let principal = Arc::new(self.principal(claims).await?);
-        self.verified.insert(key, principal.clone()).await;
-        if let Some(after_login) = &self.after_login {
-            after_login(principal.user_id);
-        }
+        self.remember(token, principal.clone()).await;
         Ok(principal)
+    }
+
+    /// Caches a newly verified principal under its token and tells the
+    /// after-login hook (warming) about its user.
+    async fn remember(&self, token: &str, principal: Arc<Principal>) {
+        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let user = principal.user_id;
+        self.verified.insert(key, principal).await;
+        if let Some(after_login) = &self.after_login {
+            after_login(user);
+        }
     }
 
     async fn principal(&self, claims: jwt::VerifiedClaims) -> Result<Principal, AuthzError> {

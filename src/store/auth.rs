@@ -107,7 +107,10 @@ pub(crate) fn parse_id(text: &str) -> Result<Uuid, AuthzError> {
 }
 
 macro_rules! auth_store {
-    ($name:ident, $bind_id:expr) => {
+    // `$one_statement`: whether the database writes a session and its
+    // refresh token in one statement (a data-modifying CTE), or needs a
+    // transaction of two (SQLite, where a round trip is in-process).
+    ($name:ident, $bind_id:expr, $one_statement:expr) => {
         #[tonic::async_trait]
         impl $crate::store::auth::AuthStore for $name {
             async fn credentials(
@@ -176,6 +179,28 @@ macro_rules! auth_store {
                 &self,
                 s: $crate::store::auth::NewSession<'_>,
             ) -> Result<(), AuthzError> {
+                if $one_statement {
+                    // One round trip: the session and its refresh token in
+                    // one statement (PostgreSQL's data-modifying CTE).
+                    sqlx::query(
+                        "WITH s AS (INSERT INTO sessions \
+                         (id, user_id, created_at, client_ip, user_agent, last_seen_at) \
+                         VALUES ($1, $2, $3, $4, $5, $3) RETURNING id) \
+                         INSERT INTO refresh_tokens (token_hash, session_id, created_at, expires_at) \
+                         SELECT $6, id, $3, $7 FROM s",
+                    )
+                    .bind(($bind_id)(s.id))
+                    .bind(($bind_id)(s.user_id))
+                    .bind(s.now)
+                    .bind(s.client_ip)
+                    .bind(s.user_agent)
+                    .bind(s.refresh_hash)
+                    .bind(s.refresh_expires_at)
+                    .execute(&self.pool)
+                    .await?;
+                    return Ok(());
+                }
+                let _turn = self.write_turn().await;
                 let mut tx = self.pool.begin().await?;
                 sqlx::query(
                     "INSERT INTO sessions (id, user_id, created_at, client_ip, user_agent, last_seen_at) \

@@ -75,9 +75,10 @@ fn encoded_len(e: &AuditEvent) -> usize {
 /// array, so it is prepared once per connection and binds 19 values instead
 /// of 19 a row; batches are cut to stay within one TLS record.
 pub(crate) async fn insert_audit_postgres(
-    pool: &sqlx::PgPool,
+    store: &super::PgStore,
     events: &[AuditEvent],
 ) -> Result<u64, AuthzError> {
+    let pool = store.pool();
     let mut chunks = Vec::new();
     let mut rest = events;
     while !rest.is_empty() {
@@ -146,13 +147,17 @@ async fn insert_unnest(pool: &sqlx::PgPool, events: &[AuditEvent]) -> Result<u64
     Ok(written)
 }
 
-/// SQLite (no arrays): multi-row VALUES, in chunks far below its bind limit.
+/// SQLite (no arrays): multi-row VALUES, in chunks far below its bind limit,
+/// each in its own write turn (a login's session insert waits for one chunk,
+/// not a whole batch).
 pub(crate) async fn insert_audit_sqlite(
-    pool: &sqlx::SqlitePool,
+    store: &super::SqliteStore,
     events: &[AuditEvent],
 ) -> Result<u64, AuthzError> {
+    let pool = store.pool();
     let mut written = 0;
     for chunk in events.chunks(1_000) {
+        let _turn = store.write_turn().await;
         let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
             "INSERT INTO audit_log ({}) ",
             super::audit_event::AUDIT_COLUMNS
@@ -194,7 +199,7 @@ macro_rules! control_store {
                 &self,
                 events: &[$crate::store::audit_event::AuditEvent],
             ) -> Result<u64, $crate::error::AuthzError> {
-                $insert_audit(&self.pool, events).await
+                $insert_audit(self, events).await
             }
 
             async fn audit_events(

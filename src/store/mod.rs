@@ -7,6 +7,7 @@ pub mod control;
 pub mod pools;
 pub mod retention;
 mod sql;
+pub mod write_turns;
 
 use std::{str::FromStr, sync::Arc, time::Duration};
 
@@ -165,13 +166,14 @@ pub async fn connect(url: &str, pool: &PoolConfig) -> Result<Arc<dyn Store>, Aut
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
             .foreign_keys(true);
+        let turns = write_turns::for_file(options.get_filename());
         let pool = SqlitePoolOptions::new()
             .max_connections(pool.max_connections)
             .acquire_timeout(pool.acquire_timeout)
             .connect_with(options)
             .await
             .map_err(unreachable)?;
-        Ok(Arc::new(SqliteStore::new(pool)))
+        Ok(Arc::new(SqliteStore::new(pool).with_write_turns(turns)))
     } else {
         Err(AuthzError::invalid(format!(
             "unsupported database URL {}: use postgres://… or sqlite://…",

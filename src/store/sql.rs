@@ -156,6 +156,9 @@ macro_rules! sql_store {
             pool: sqlx::Pool<$db>,
             /// How long decisions wait for a connection, once observed.
             acquire_wait: std::sync::OnceLock<prometheus_client::metrics::histogram::Histogram>,
+            /// Where the hot writes queue for the database's one writer
+            /// (SQLite); none where writers run side by side.
+            write_turns: Option<super::write_turns::WriteTurns>,
         }
 
         impl $name {
@@ -163,6 +166,22 @@ macro_rules! sql_store {
                 $name {
                     pool,
                     acquire_wait: std::sync::OnceLock::new(),
+                    write_turns: None,
+                }
+            }
+
+            /// Hot writes take their turn at `turns` (shared by every
+            /// store of this process on the same file).
+            pub fn with_write_turns(mut self, turns: super::write_turns::WriteTurns) -> Self {
+                self.write_turns = Some(turns);
+                self
+            }
+
+            /// Waits for this store's turn to write, where writes take turns.
+            pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+                match &self.write_turns {
+                    Some(turns) => Some(turns.lock().await),
+                    None => None,
                 }
             }
 
@@ -442,8 +461,8 @@ macro_rules! sql_store {
     };
 }
 
-super::auth::auth_store!(PgStore, |id: Uuid| id);
-super::auth::auth_store!(SqliteStore, |id: Uuid| id.hyphenated().to_string());
+super::auth::auth_store!(PgStore, |id: Uuid| id, true);
+super::auth::auth_store!(SqliteStore, |id: Uuid| id.hyphenated().to_string(), false);
 super::control::control_store!(
     PgStore,
     sqlx::Postgres,

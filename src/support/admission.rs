@@ -21,6 +21,12 @@ pub struct ExpectedWait {
     in_flight: AtomicUsize,
     /// Smoothed service time in microseconds (an f64's bits).
     service_us: AtomicU64,
+    /// Smoothed mean deviation of the service time (microseconds, an
+    /// f64's bits), as TCP smooths its round-trip time's variation.
+    deviation_us: AtomicU64,
+    /// How many deviations are added to each piece ahead when judging a
+    /// wait (0: the mean alone).
+    spread: f64,
     /// Refusals in the current second (`refusal_second` since `epoch`):
     /// demand that waits outside, which a retry time has to make room for.
     epoch: Instant,
@@ -53,10 +59,24 @@ pub struct Ticket {
 
 impl ExpectedWait {
     pub fn new(workers: usize, initial_service: Duration) -> Arc<ExpectedWait> {
+        ExpectedWait::with_spread(workers, initial_service, 0.0)
+    }
+
+    /// Judges waits by each piece ahead taking its mean service time plus
+    /// `deviations` of its measured variation: for work whose time varies
+    /// (a hash on a contended core), so that the real wait stays within
+    /// the budget and not only the average one.
+    pub fn with_spread(
+        workers: usize,
+        initial_service: Duration,
+        deviations: f64,
+    ) -> Arc<ExpectedWait> {
         Arc::new(ExpectedWait {
             workers: workers.max(1),
             in_flight: AtomicUsize::new(0),
             service_us: AtomicU64::new((initial_service.as_micros() as f64).to_bits()),
+            deviation_us: AtomicU64::new(0f64.to_bits()),
+            spread: deviations.max(0.0),
             epoch: Instant::now(),
             refusal_second: AtomicU64::new(0),
             refusals: AtomicU64::new(0),
@@ -71,12 +91,23 @@ impl ExpectedWait {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// The measured variation of the service time (smoothed mean deviation).
+    pub fn service_deviation(&self) -> Duration {
+        Duration::from_micros(f64::from_bits(self.deviation_us.load(Ordering::Acquire)) as u64)
+    }
+
+    /// How long new work would wait now.
+    pub fn expected_wait(&self) -> Duration {
+        self.wait_behind(self.in_flight())
+    }
+
     /// How long new work would wait with `ahead` pieces already admitted.
     fn wait_behind(&self, ahead: usize) -> Duration {
         let queued = (ahead + 1).saturating_sub(self.workers);
-        // Each worker serves one piece per service time.
-        self.service_time()
-            .mul_f64(queued as f64 / self.workers as f64)
+        // Each worker serves one piece per service time (padded by its
+        // variation when the gate has a spread).
+        let each = self.service_time() + self.service_deviation().mul_f64(self.spread);
+        each.mul_f64(queued as f64 / self.workers as f64)
     }
 
     /// Admits the work if it can start within `budget`.
@@ -116,10 +147,18 @@ impl ExpectedWait {
         let sample = took.as_micros() as f64;
         let next = previous + SMOOTHING * (sample - previous);
         self.service_us.store(next.to_bits(), Ordering::Release);
+        let deviation = f64::from_bits(self.deviation_us.load(Ordering::Acquire));
+        let next = deviation + SMOOTHING * ((sample - previous).abs() - deviation);
+        self.deviation_us.store(next.to_bits(), Ordering::Release);
     }
 }
 
 impl Ticket {
+    /// When the work was admitted.
+    pub fn admitted_at(&self) -> Instant {
+        self.admitted
+    }
+
     /// The work finished normally: its duration refines the service time
     /// when it did not queue.
     pub fn done(self) {
@@ -184,5 +223,38 @@ mod tests {
         assert_eq!(gate.service_time(), Duration::from_millis(100));
         first.done();
         assert!(gate.service_time() < Duration::from_millis(100));
+    }
+
+    #[test]
+    fn a_spread_pads_each_piece_ahead_by_the_measured_variation() {
+        let steady = ExpectedWait::with_spread(1, Duration::from_millis(20), 3.0);
+        let varied = ExpectedWait::with_spread(1, Duration::from_millis(20), 3.0);
+        for i in 0..50 {
+            steady.sample(Duration::from_millis(20));
+            // Alternating 10 and 30 ms: the same mean, a deviation of 10.
+            varied.sample(Duration::from_millis(if i % 2 == 0 { 10 } else { 30 }));
+        }
+        let budget = Duration::from_millis(100);
+        let admitted = |gate: &Arc<ExpectedWait>| {
+            let held: Vec<Ticket> = std::iter::from_fn(|| gate.admit(budget).ok())
+                .take(100)
+                .collect();
+            held.len()
+        };
+        // Steady: 20 ms each, so the one serving and five waiting fit.
+        assert_eq!(admitted(&steady), 6);
+        // Varied: judged at about 20 + 3 x 10 = 50 ms each, only two wait.
+        let varied_admitted = admitted(&varied);
+        assert!(
+            (2..=4).contains(&varied_admitted),
+            "padded by the deviation: {varied_admitted} admitted (deviation {:?})",
+            varied.service_deviation()
+        );
+        // The mean alone (no spread) admits as many as the steady gate.
+        let plain = ExpectedWait::new(1, Duration::from_millis(20));
+        for i in 0..50 {
+            plain.sample(Duration::from_millis(if i % 2 == 0 { 10 } else { 30 }));
+        }
+        assert!(admitted(&plain) >= 5);
     }
 }
