@@ -399,8 +399,10 @@ pub struct Settings {
     pub password_queue: usize,
 
     /// A password login is admitted only if its hash can start within this
-    /// (judged from the measured hash time and the logins ahead); others
-    /// get RESOURCE_EXHAUSTED at once with the expected wait as RetryInfo.
+    /// (judged from the measured hash time, padded by its variation, and
+    /// the logins ahead); others get RESOURCE_EXHAUSTED at once with the
+    /// expected wait as RetryInfo, and an admitted one whose wait still
+    /// passes this is refused when its turn comes.
     #[arg(
         long,
         env = "VELRO_PASSWORD_MAX_WAIT",
