@@ -178,11 +178,13 @@ impl PasswordHashing {
     ) -> Result<T, AuthzError> {
         let (done, answer) = tokio::sync::oneshot::channel();
         let (admitted_at, max_wait) = (slot.ticket.admitted_at(), self.max_wait);
+        let queued = slot.ticket.queued();
         let job: Job = Box::new(move |argon2, memory| {
-            // Admitted on an estimate that proved wrong (the hashes ahead
-            // ran slow): refused now rather than served late, so an
-            // admitted login never waits past its budget.
-            if admitted_at.elapsed() > max_wait {
+            // Queued on an estimate that proved wrong (the hashes ahead
+            // ran slow): refused now rather than served late, so a queued
+            // login never waits past its budget. One admitted to a free
+            // thread is always served.
+            if queued && admitted_at.elapsed() > max_wait {
                 let _ = done.send(None);
                 return;
             }
@@ -371,7 +373,11 @@ mod tests {
         });
         pool.jobs.lock().unwrap().send(job).unwrap();
         let stored = "$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".to_owned();
-        let slot = pool.admit().expect("nothing admitted ahead: admitted");
+        // One admitted ahead (a cheap hash, well within the budget), so
+        // this one queues.
+        let ahead = pool.admit().expect("nothing admitted ahead: admitted");
+        let slot = pool.admit().expect("one cheap hash ahead: admitted");
+        drop(ahead);
         let waiting = tokio::spawn(async move {
             let answer = pool.verify(slot, "pw".into(), Some(stored)).await;
             (answer, pool)

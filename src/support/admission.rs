@@ -159,6 +159,12 @@ impl Ticket {
         self.admitted
     }
 
+    /// Whether it was admitted to wait behind other work (rather than
+    /// to start at once on a free worker).
+    pub fn queued(&self) -> bool {
+        !self.unqueued
+    }
+
     /// The work finished normally: its duration refines the service time
     /// when it did not queue.
     pub fn done(self) {
