@@ -401,7 +401,7 @@ pub struct Settings {
     /// A password login is admitted only if its hash can start within this
     /// (judged from the measured hash time, padded by its variation, and
     /// the logins ahead); others get RESOURCE_EXHAUSTED at once with the
-    /// expected wait as RetryInfo, and an admitted one whose wait still
+    /// expected wait as RetryInfo, and a queued one whose wait still
     /// passes this is refused when its turn comes.
     #[arg(
         long,
