@@ -202,7 +202,7 @@ impl PasswordHashing {
         let Some((result, took)) = answer.instrument(span).await.map_err(|_| gone())? else {
             return Err(AuthzError::Overloaded {
                 message: format!(
-                    "this login waited {} ms for a hashing thread without starting (setting \
+                    "this login waited more than {} ms for a hashing thread (setting \
                      password_max_wait): the logins ahead of it took longer than measured; \
                      retry after the given time",
                     self.max_wait.as_millis()
@@ -360,8 +360,11 @@ mod tests {
         .await
     }
 
+    /// A well-formed hash of the test's cost that no password here matches.
+    const UNRELATED_HASH: &str = "$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA";
+
     #[tokio::test]
-    async fn an_admitted_hash_that_cannot_start_within_its_budget_is_refused_not_run() {
+    async fn a_queued_hash_that_cannot_start_within_its_budget_is_refused_not_run() {
         let pool = PasswordHashing::new(CHEAP, 1, 4, Duration::from_millis(50))
             .await
             .unwrap();
@@ -372,7 +375,7 @@ mod tests {
             let _ = release.recv_timeout(Duration::from_secs(5));
         });
         pool.jobs.lock().unwrap().send(job).unwrap();
-        let stored = "$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA".to_owned();
+        let stored = UNRELATED_HASH.to_owned();
         // One admitted ahead (a cheap hash, well within the budget), so
         // this one queues.
         let ahead = pool.admit().expect("nothing admitted ahead: admitted");
@@ -393,14 +396,6 @@ mod tests {
         }
         // The place is free again and the next login is served.
         assert_eq!(pool.queue.in_flight(), 0);
-        assert!(
-            !verify(
-                &pool,
-                "pw",
-                "$argon2id$v=19$m=256,t=1,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaA"
-            )
-            .await
-            .matches
-        );
+        assert!(!verify(&pool, "pw", UNRELATED_HASH).await.matches);
     }
 }

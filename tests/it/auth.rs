@@ -466,15 +466,23 @@ async fn a_login_warms_the_cache_for_the_first_requests() {
     let warmed = "velro_authz_cache_lookups_total{tier=\"warming\",result=\"warmed\"}";
     assert_eq!(w.server.metric(warmed).await, 0.0);
     w.tokens(w.world.viewer).await;
-    let mut done = false;
+    // Warming computes its sets one after another: wait until it has
+    // warmed some and then stopped (the count steady for three polls).
+    let (mut done, mut last, mut steady) = (false, 0.0, 0);
     for _ in 0..100 {
-        if w.server.metric(warmed).await >= 1.0 {
+        let now = w.server.metric(warmed).await;
+        steady = if now == last { steady + 1 } else { 0 };
+        last = now;
+        if now >= 1.0 && steady >= 3 {
             done = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(done, "warming ran after the login");
+    assert!(
+        done,
+        "warming ran after the login and finished ({last} sets)"
+    );
     let first = w
         .server
         .decide(crate::common::fixture::authorize(
