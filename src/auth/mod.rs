@@ -286,13 +286,21 @@ impl Authenticator {
             issuer: self.tokens.own_issuer().to_owned(),
         });
         self.remember(&access, principal.clone()).await;
-        let tokens = TokenPair {
+        Ok((
+            (*principal).clone(),
+            self.token_pair((access, exp), refresh, now),
+        ))
+    }
+
+    /// The pair handed to the client: the access token with its expiry,
+    /// the refresh token with the one `refresh_ttl` gives it.
+    fn token_pair(&self, (access, exp): (String, u64), refresh: String, now: u64) -> TokenPair {
+        TokenPair {
             access_token: access,
             access_expires_at: exp,
             refresh_token: refresh,
             refresh_expires_at: now + self.refresh_ttl,
-        };
-        Ok(((*principal).clone(), tokens))
+        }
     }
 
     async fn pair(
@@ -304,13 +312,10 @@ impl Authenticator {
     ) -> Result<(Principal, TokenPair), AuthzError> {
         let (access, exp) = self.tokens.issue(user, session, now)?;
         let principal = self.verify(&access).await?;
-        let tokens = TokenPair {
-            access_token: access,
-            access_expires_at: exp,
-            refresh_token: refresh,
-            refresh_expires_at: now + self.refresh_ttl,
-        };
-        Ok(((*principal).clone(), tokens))
+        Ok((
+            (*principal).clone(),
+            self.token_pair((access, exp), refresh, now),
+        ))
     }
 
     /// Rotates a refresh token: the old one dies, a new pair comes back.

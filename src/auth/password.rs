@@ -87,9 +87,11 @@ fn hashing_threads(
 
 /// Hashes and verifies passwords off the runtime, at most `workers` at once.
 /// A login is admitted only if its hash can start within `max_wait`, judged
-/// from the measured hash time and the logins ahead of it (and never more
-/// than `queue` waiting); otherwise it is refused RESOURCE_EXHAUSTED at
-/// once, with the expected wait as the time to retry.
+/// from the measured hash time padded by its variation and the logins
+/// ahead of it (and never more than `queue` waiting); otherwise it is
+/// refused RESOURCE_EXHAUSTED at once, with the expected wait as the time
+/// to retry. A queued login still waiting when `max_wait` has passed is
+/// refused when its turn comes instead of hashed late.
 pub struct PasswordHashing {
     params: HashParams,
     jobs: std::sync::Mutex<mpsc::Sender<Job>>,
@@ -390,7 +392,7 @@ mod tests {
         let (answer, pool) = waiting.await.unwrap();
         match answer {
             Err(AuthzError::Overloaded { retry_after, .. }) => {
-                assert!(retry_after <= Duration::from_secs(60))
+                assert!(retry_after > Duration::ZERO, "a time to retry is given")
             }
             other => panic!("refused after waiting past the budget, got {other:?}"),
         }
