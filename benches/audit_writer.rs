@@ -1,7 +1,8 @@
-//! The audit writer's sustained rate into PostgreSQL: events are queued as
-//! fast as the caller can, and the time runs until the last one is a row.
-//! Needs the PostgreSQL of `VELRO_TEST_POSTGRES_URL` (default the local
-//! one); a database of its own is created and dropped.
+//! The audit writer's sustained rate into SQLite (the embedded default) and
+//! PostgreSQL: events are queued as fast as the caller can, and the time
+//! runs until the last one is a row. Needs the PostgreSQL of
+//! `VELRO_TEST_POSTGRES_URL` (default the local one); a database of its own
+//! is created and dropped.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -39,54 +40,46 @@ fn event(subject: &str, resource: &str) -> AuditEvent {
     }
 }
 
-fn audit_writer_bench(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let admin = std::env::var("VELRO_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let name = format!("velro_bench_{}", Uuid::new_v4().simple());
-    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
-    let url = format!("{base}/{name}");
-    let dir = tempfile::tempdir().unwrap();
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
-    let metrics = Arc::new(Metrics::new());
-    let log = runtime.block_on(async {
-        let mut conn = sqlx::PgConnection::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {admin}: {e}"));
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let pool = PoolConfig {
-            max_connections: 4,
-            acquire_timeout: Duration::from_secs(5),
-        };
-        let store = store::connect(&url, &pool).await.unwrap();
-        store.migrate().await.unwrap();
-        let config = AuditConfig {
-            queue: 2_000_000,
-            spill_path: dir.path().join("audit.spill"),
-            ..AuditConfig::default()
-        };
-        AuditLog::start(
-            &config,
-            store,
-            (metrics.clone(), Foreground::new()),
-            stop_rx,
-        )
+/// An audit log over `url`, its queue large enough never to overflow here.
+async fn start_log(
+    url: &str,
+    spill: std::path::PathBuf,
+    metrics: Arc<Metrics>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Arc<AuditLog> {
+    let pool = PoolConfig {
+        max_connections: 4,
+        acquire_timeout: Duration::from_secs(5),
+    };
+    let store = store::connect(url, &pool)
+        .await
+        .unwrap_or_else(|e| panic!("database at {url}: {e}"));
+    store.migrate().await.unwrap();
+    let config = AuditConfig {
+        queue: 2_000_000,
+        spill_path: spill,
+        ..AuditConfig::default()
+    };
+    AuditLog::start(&config, store, (metrics, Foreground::new()), stop)
         .unwrap()
         .0
-    });
+}
+
+/// Times `iters` events from the queue to rows.
+fn bench_writer(
+    c: &mut Criterion,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    log: &Arc<AuditLog>,
+    metrics: &Arc<Metrics>,
+) {
     let (subject, resource) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
     let mut group = c.benchmark_group("audit");
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(20));
-    group.bench_function("writer_into_postgres", |b| {
-        b.to_async(&runtime).iter_custom(|iters| {
+    group.bench_function(name, |b| {
+        b.to_async(runtime).iter_custom(|iters| {
             let (log, metrics) = (log.clone(), metrics.clone());
             let (subject, resource) = (subject.clone(), resource.clone());
             async move {
@@ -108,6 +101,50 @@ fn audit_writer_bench(c: &mut Criterion) {
         0,
         "the queue never overflowed"
     );
+}
+
+fn audit_writer_bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+
+    // The embedded default: a SQLite file of its own.
+    let metrics = Arc::new(Metrics::new());
+    let url = format!("sqlite://{}", dir.path().join("audit.db").display());
+    let log = runtime.block_on(start_log(
+        &url,
+        dir.path().join("sqlite.spill"),
+        metrics.clone(),
+        stop_rx.clone(),
+    ));
+    bench_writer(c, &runtime, "writer_into_sqlite", &log, &metrics);
+
+    // Production: a PostgreSQL database of its own, created and dropped.
+    let admin = std::env::var("VELRO_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let name = format!("velro_bench_{}", Uuid::new_v4().simple());
+    let base = admin.rsplit_once('/').map(|(b, _)| b.to_owned()).unwrap();
+    let url = format!("{base}/{name}");
+    runtime.block_on(async {
+        let mut conn = sqlx::PgConnection::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin}: {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    });
+    let metrics = Arc::new(Metrics::new());
+    let log = runtime.block_on(start_log(
+        &url,
+        dir.path().join("pg.spill"),
+        metrics.clone(),
+        stop_rx,
+    ));
+    bench_writer(c, &runtime, "writer_into_postgres", &log, &metrics);
     runtime.block_on(async {
         let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!(

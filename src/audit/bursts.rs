@@ -18,7 +18,10 @@ struct Window {
 pub struct Bursts {
     threshold: u32,
     window_ms: i64,
-    windows: HashMap<String, Window>,
+    /// Per principal, and per resource type then id: looked up by the
+    /// event's own text, so only a key seen for the first time is copied.
+    principals: HashMap<String, Window>,
+    resources: HashMap<String, HashMap<String, Window>>,
     /// Bursts found since `logged_at_ms`, by kind, with one example each:
     /// logged as one line per window, not one per principal.
     found: HashMap<&'static str, (u32, String)>,
@@ -37,7 +40,8 @@ impl Bursts {
         Bursts {
             threshold,
             window_ms: window.as_millis().max(1) as i64,
-            windows: HashMap::new(),
+            principals: HashMap::new(),
+            resources: HashMap::new(),
             found: HashMap::new(),
             logged_at_ms: 0,
         }
@@ -67,45 +71,63 @@ impl Bursts {
         if self.threshold == 0 || event.kind != "decision" || event.decision != "deny" {
             return Vec::new();
         }
-        if self.windows.len() > MAX_TRACKED {
+        let tracked =
+            self.principals.len() + self.resources.values().map(HashMap::len).sum::<usize>();
+        if tracked > MAX_TRACKED {
             let horizon = event.at_ms - self.window_ms;
-            self.windows.retain(|_, w| w.start_ms > horizon);
+            self.principals.retain(|_, w| w.start_ms > horizon);
+            for ids in self.resources.values_mut() {
+                ids.retain(|_, w| w.start_ms > horizon);
+            }
+            self.resources.retain(|_, ids| !ids.is_empty());
         }
-        let keys = [
-            ("denial_burst_principal", event.subject.clone()),
-            (
-                "denial_burst_resource",
-                format!("{}:{}", event.resource_type, event.resource_id),
-            ),
-        ];
+        let (threshold, window_ms, at_ms) = (self.threshold, self.window_ms, event.at_ms);
+        let principal = count(&mut self.principals, &event.subject, at_ms, window_ms);
+        let ids = match self.resources.get_mut(&*event.resource_type) {
+            Some(ids) => ids,
+            None => self
+                .resources
+                .entry(event.resource_type.to_string())
+                .or_default(),
+        };
+        let resource = count(ids, &event.resource_id, at_ms, window_ms);
         let mut found = Vec::new();
-        for (kind, key) in keys {
-            let window = self
-                .windows
-                .entry(format!("{kind}/{key}"))
-                .or_insert(Window {
-                    start_ms: event.at_ms,
-                    denials: 0,
-                });
-            if event.at_ms - window.start_ms >= self.window_ms {
-                *window = Window {
-                    start_ms: event.at_ms,
-                    denials: 0,
-                };
-            }
-            window.denials += 1;
-            if window.denials == self.threshold {
-                let seen = self.found.entry(kind).or_insert((0, key.clone()));
-                seen.0 += 1;
-                found.push(Burst {
-                    kind,
-                    key,
-                    denials: window.denials,
-                });
-            }
+        if principal == threshold {
+            found.push(("denial_burst_principal", event.subject.clone(), principal));
+        }
+        if resource == threshold {
+            let key = format!("{}:{}", event.resource_type, event.resource_id);
+            found.push(("denial_burst_resource", key, resource));
         }
         found
+            .into_iter()
+            .map(|(kind, key, denials)| {
+                let seen = self.found.entry(kind).or_insert((0, key.clone()));
+                seen.0 += 1;
+                Burst { kind, key, denials }
+            })
+            .collect()
     }
+}
+
+/// Counts one denial in `key`'s window (a new window once the old one is
+/// over); returns the denials in it.
+fn count(windows: &mut HashMap<String, Window>, key: &str, at_ms: i64, window_ms: i64) -> u32 {
+    let window = match windows.get_mut(key) {
+        Some(window) => window,
+        None => windows.entry(key.to_owned()).or_insert(Window {
+            start_ms: at_ms,
+            denials: 0,
+        }),
+    };
+    if at_ms - window.start_ms >= window_ms {
+        *window = Window {
+            start_ms: at_ms,
+            denials: 0,
+        };
+    }
+    window.denials += 1;
+    window.denials
 }
 
 #[cfg(test)]

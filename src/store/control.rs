@@ -147,48 +147,6 @@ async fn insert_unnest(pool: &sqlx::PgPool, events: &[AuditEvent]) -> Result<u64
     Ok(written)
 }
 
-/// SQLite (no arrays): multi-row VALUES, in chunks far below its bind limit,
-/// each in its own write turn (a login's session insert waits for one chunk,
-/// not a whole batch).
-pub(crate) async fn insert_audit_sqlite(
-    store: &super::SqliteStore,
-    events: &[AuditEvent],
-) -> Result<u64, AuthzError> {
-    let pool = store.pool();
-    let mut written = 0;
-    for chunk in events.chunks(1_000) {
-        let _turn = store.write_turn().await;
-        let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(format!(
-            "INSERT INTO audit_log ({}) ",
-            super::audit_event::AUDIT_COLUMNS
-        ));
-        query.push_values(chunk, |mut row, e| {
-            row.push_bind(e.id.to_string())
-                .push_bind(e.at_ms)
-                .push_bind(e.kind.to_string())
-                .push_bind(e.subject.clone())
-                .push_bind(e.action.to_string())
-                .push_bind(e.resource_type.to_string())
-                .push_bind(e.resource_id.clone())
-                .push_bind(e.decision.to_string())
-                .push_bind(e.layer.to_string())
-                .push_bind(e.reason.to_string())
-                .push_bind(e.message.clone())
-                .push_bind(e.cache_tier.to_string())
-                .push_bind(e.latency_us)
-                .push_bind(e.request_id.clone())
-                .push_bind(e.client_ip.clone())
-                .push_bind(e.session_id.clone())
-                .push_bind(e.flags.clone())
-                .push_bind(e.user_agent.clone())
-                .push_bind(e.trace_id.clone());
-        });
-        query.push(" ON CONFLICT (id) DO NOTHING");
-        written += query.build().execute(pool).await?.rows_affected();
-    }
-    Ok(written)
-}
-
 /// Stamps `ControlStore` for one backend (the SQL is shared but for the
 /// audit insert, `$insert_audit`).
 macro_rules! control_store {

@@ -7,6 +7,7 @@ pub mod control;
 pub mod pools;
 pub mod retention;
 mod sql;
+mod sqlite_audit;
 pub mod write_turns;
 
 use std::{str::FromStr, sync::Arc, time::Duration};

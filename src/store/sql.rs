@@ -480,7 +480,7 @@ super::control::control_store!(
     SqliteStore,
     sqlx::Sqlite,
     |id: Uuid| id.hyphenated().to_string(),
-    super::control::insert_audit_sqlite
+    super::sqlite_audit::insert_audit_sqlite
 );
 
 sql_store!(

@@ -301,3 +301,43 @@ async fn a_burst_of_denials_raises_alerts() {
     }
     server.stop().await;
 }
+
+/// Batches of every awkward length (below, at and past the insert's chunk,
+/// SQLite's padded shapes included) are written once each, counted exactly;
+/// the same events again write nothing.
+async fn every_batch_length_is_written_once(kind: Db) {
+    let db = TestDb::create(kind).await;
+    let store = db.store().await;
+    let mut total = 0;
+    for len in [1, 3, 255, 256, 257, 511, 512, 513, 1300] {
+        let events: Vec<AuditEvent> = (0..len)
+            .map(|i| crate::common::fixture::audit_event("lengths", &format!("{len}-{i}")))
+            .collect();
+        assert_eq!(
+            store.insert_audit(&events).await.unwrap(),
+            len as u64,
+            "a batch of {len}"
+        );
+        assert_eq!(
+            store.insert_audit(&events).await.unwrap(),
+            0,
+            "the batch of {len} again"
+        );
+        total += len;
+    }
+    assert_eq!(
+        db.number("SELECT COUNT(*) FROM audit_log").await,
+        total as i64
+    );
+    assert_eq!(
+        db.number("SELECT COUNT(DISTINCT request_id) FROM audit_log")
+            .await,
+        total as i64,
+        "every event is its own row"
+    );
+    store.close().await;
+}
+on_both_databases!(
+    every_batch_length_written_once,
+    every_batch_length_is_written_once
+);
