@@ -2,13 +2,14 @@
 # Hot Authorize measured with a neutral client (h2load, from Debian's
 # nghttp2-client) over plaintext and over TLS (steady state on long-lived
 # connections, and the handshake on new ones), on the embedded SQLite
-# default with the reference workload.
+# default with the reference workload; first against the gRPC floor, a
+# no-op tonic server (examples/noop_server.rs), for the ratio.
 #   bash ghz_bench/h2load.sh [requests]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 requests=${1:-200000}
 command -v h2load >/dev/null || { echo "h2load is missing: apt-get install nghttp2-client" >&2; exit 1; }
-cargo build --release --locked --bins
+cargo build --release --locked --bins --example noop_server
 work=$(mktemp -d)
 cleanup() { [ -n "${server:-}" ] && kill "$server" 2>/dev/null; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
@@ -34,7 +35,7 @@ load() {
     h2load -n "$count" -c "$clients" -m "$streams" -t 1 -d "$work/body.bin" \
         -H 'content-type: application/grpc' -H 'te: trailers' \
         "$scheme://127.0.0.1:50152/velro.authz.v1.AuthorizationService/Authorize" >"$work/$label.txt"
-    local rps connect status
+    local connect status
     rps=$(sed -n 's/^finished in .*, \([0-9.]*\) req\/s.*/\1/p' "$work/$label.txt")
     connect=$(awk '/time for connect/{print $6" "$7}' "$work/$label.txt")
     status=$(sed -n 's/^status codes: //p' "$work/$label.txt")
@@ -42,9 +43,17 @@ load() {
 }
 echo "h2load: $requests hot Authorize requests, 8 connections x 8 streams (steady state);"
 echo "then 1,000 connections of one request each (the handshake's cost: req/s = connections/s)."
+target/release/examples/noop_server 127.0.0.1:50152 &
+server=$!
+for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/50152) 2>/dev/null && break; sleep 0.1; done
+load warm-up-floor http 8 8 20000 >/dev/null
+load "no-op tonic (floor)" http 8 8 "$requests"
+floor=$rps
+stop
 serve
 load warm-up http 8 8 20000 >/dev/null
 load plaintext http 8 8 "$requests"
+awk -v a="$rps" -v f="$floor" 'BEGIN { printf "velro-authz / floor: %.2f\n", a / f }'
 load plaintext-1-per-conn http 1000 1 1000
 stop
 serve env VELRO_TLS_CERT="$work/cert.pem" VELRO_TLS_KEY="$work/key.pem"
