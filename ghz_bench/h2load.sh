@@ -17,7 +17,10 @@ db="sqlite://$work/bench.db"
 target/release/velro-authz migrate --database-url "$db" >/dev/null 2>&1
 target/release/velro-authz seed --database-url "$db" >/dev/null
 target/release/velro-loadgen data --out "$work/data" >/dev/null
+# Two hot requests: the first of the data file, and the fourth (with seed
+# 42 one is denied, the other allowed; the audit log says which below).
 python3 ghz_bench/grpc_body.py "$work/data/authorize_hot.json" 0 "$work/body.bin"
+python3 ghz_bench/grpc_body.py "$work/data/authorize_hot.json" 3 "$work/body-2.bin"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
     -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
 printf '[audit]\nspill_path = "%s/audit.spill"\n' "$work" > "$work/velro.toml"
@@ -31,8 +34,8 @@ serve() {
 }
 stop() { kill "$server"; wait "$server" 2>/dev/null || true; server=; }
 load() {
-    local label=$1 scheme=$2 clients=$3 streams=$4 count=$5
-    h2load -n "$count" -c "$clients" -m "$streams" -t 1 -d "$work/body.bin" \
+    local label=$1 scheme=$2 clients=$3 streams=$4 count=$5 body=${6:-body.bin}
+    h2load -n "$count" -c "$clients" -m "$streams" -t 1 -d "$work/$body" \
         -H 'content-type: application/grpc' -H 'te: trailers' \
         "$scheme://127.0.0.1:50152/velro.authz.v1.AuthorizationService/Authorize" >"$work/$label.txt"
     local connect status
@@ -54,6 +57,16 @@ serve
 load warm-up http 8 8 20000 >/dev/null
 load plaintext http 8 8 "$requests"
 awk -v a="$rps" -v f="$floor" 'BEGIN { printf "velro-authz / floor: %.2f\n", a / f }'
+load warm-up-2 http 8 8 20000 body-2.bin >/dev/null
+load "plaintext, request 2" http 8 8 "$requests" body-2.bin
+awk -v a="$rps" -v f="$floor" 'BEGIN { printf "velro-authz / floor: %.2f\n", a / f }'
+for index in 0 3; do
+    user=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))[int(sys.argv[2])]['user_id'])" \
+        "$work/data/authorize_hot.json" "$index")
+    decision=$(target/release/velro-authz audit --database-url "$db" --subject "$user" 2>/dev/null |
+        head -1 | python3 -c "import json,sys; e=json.loads(sys.stdin.read()); print(e['decision'], e['reason'])")
+    echo "request $index of authorize_hot.json: $decision"
+done
 load plaintext-1-per-conn http 1000 1 1000
 stop
 serve env VELRO_TLS_CERT="$work/cert.pem" VELRO_TLS_KEY="$work/key.pem"
