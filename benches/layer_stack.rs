@@ -391,6 +391,48 @@ fn layer_stack_bench(c: &mut Criterion) {
         });
     }
     group.finish();
+    // A BatchAuthorize of 50 hits (allows, denials and media reads mixed)
+    // through every layer, each item audited; per decision.
+    let items: Vec<Query> = [query, denied, media_read]
+        .into_iter()
+        .cycle()
+        .take(50)
+        .collect();
+    let full = engines.full.clone();
+    let audit = engines.audit.clone();
+    let batch_facts = facts.clone();
+    let mut batch = c.benchmark_group("batch");
+    batch.throughput(Throughput::Elements(items.len() as u64));
+    batch.sample_size(30);
+    batch.bench_function("batch_of_50_full_stack_audited", |b| {
+        b.to_async(&runtime).iter_custom(|iters| {
+            let (full, audit, facts, items) = (
+                full.clone(),
+                audit.clone(),
+                batch_facts.clone(),
+                items.clone(),
+            );
+            async move {
+                let started = std::time::Instant::now();
+                for _ in 0..iters {
+                    let decisions = full
+                        .decide_batch(
+                            items.iter().map(|q| Ok(*q)).collect(),
+                            Consistency::MinimizeLatency,
+                            &facts,
+                        )
+                        .await;
+                    assert!(decisions.iter().all(Result::is_ok));
+                }
+                let elapsed = started.elapsed();
+                while audit.queued() > 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                elapsed
+            }
+        })
+    });
+    batch.finish();
 }
 
 /// Protobuf decoding and validation of one Authorize request, as the
