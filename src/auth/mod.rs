@@ -75,6 +75,12 @@ fn sha256_hex(text: &str) -> String {
         .collect()
 }
 
+/// Where a verified token's principal is cached: the token's SHA-256, so
+/// the cache holds no token.
+fn cache_key(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
 /// Cached principals live until their token expires, or the cache TTL.
 struct UntilTokenExpiry(Duration);
 
@@ -285,7 +291,7 @@ impl Authenticator {
             teams: teams?.unwrap_or_default(),
             issuer: self.tokens.own_issuer().to_owned(),
         });
-        self.remember(&access, principal.clone()).await;
+        self.remember(cache_key(&access), principal.clone()).await;
         Ok((
             (*principal).clone(),
             self.token_pair((access, exp), refresh, now),
@@ -435,7 +441,7 @@ impl Authenticator {
 
     /// Verifies an access token and returns its principal.
     pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, AuthzError> {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let key = cache_key(token);
         if let Some(principal) = self.verified.get(&key).await
             && principal.expires_at > now_unix()
         {
@@ -449,14 +455,13 @@ impl Authenticator {
         }
         let claims = self.tokens.verify(token).await?;
         let principal = Arc::new(self.principal(claims).await?);
-        self.remember(token, principal.clone()).await;
+        self.remember(key, principal.clone()).await;
         Ok(principal)
     }
 
-    /// Caches a newly verified principal under its token and tells the
-    /// after-login hook (warming) about its user.
-    async fn remember(&self, token: &str, principal: Arc<Principal>) {
-        let key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+    /// Caches a newly verified principal under its token's `cache_key` and
+    /// tells the after-login hook (warming) about its user.
+    async fn remember(&self, key: [u8; 32], principal: Arc<Principal>) {
         let user = principal.user_id;
         self.verified.insert(key, principal).await;
         if let Some(after_login) = &self.after_login {
