@@ -253,6 +253,9 @@ pub fn print_config(settings: &Settings) -> Result<(), AuthzError> {
     hide(&mut shown.admin_token);
     shown.database_url = redact_url(&shown.database_url);
     shown.redis_url = shown.redis_url.as_deref().map(redact_url);
+    for url in &mut shown.redis_cluster_urls {
+        *url = redact_url(url);
+    }
     shown.db_pools.replica_url = shown.db_pools.replica_url.as_deref().map(redact_url);
     for issuer in &mut shown.external_issuers {
         hide(&mut issuer.hs256_secret);

@@ -47,8 +47,12 @@ impl RedisTier {
         })
     }
 
+    /// `prefix` + `perm:{user:resource}`: the whole permission key is the
+    /// hash tag, so in a cluster each entry has its own slot and a hot user
+    /// spreads over the shards. Every command touches one key, so a batch
+    /// never needs a cross-slot command.
     fn key(&self, key: &PermissionKey) -> String {
-        format!("{}perm:{}", self.prefix, key)
+        format!("{}perm:{{{}}}", self.prefix, key)
     }
 
     /// Runs one command within the deadline, through the breaker; `None`

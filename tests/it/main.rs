@@ -25,6 +25,7 @@ mod overload;
 mod pools;
 mod prometheus;
 mod rate_limit;
+mod redis_cluster;
 mod reference_model;
 mod retention;
 mod rollback;

@@ -290,16 +290,26 @@ fn random_write(data: &mut Dataset, rng: &mut ChaCha8Rng) -> String {
 /// (cached) answers on both replicas.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agrees_under_writes_with_every_tier_on() {
+    let prefix = crate::common::redis::Prefix::new().await;
+    agree_under_writes(|s| {
+        s.redis_url = Some(crate::common::redis::redis_url());
+        s.redis_prefix = prefix.0.clone();
+    })
+    .await;
+    prefix.remove().await;
+}
+
+/// The check above with the shared tier `shared` sets up (one Redis, or a
+/// cluster).
+pub async fn agree_under_writes(shared: impl Fn(&mut velro_authz::app::config::Settings)) {
     let seed = test_seed();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let prefix = crate::common::redis::Prefix::new().await;
     let db = TestDb::create(Db::Postgres).await;
     let mut data = workload::generate(0.004, rng.random());
     db.store().await.insert_dataset(&data).await.unwrap();
     let replica = || {
         let mut s = settings(&db.url);
-        s.redis_url = Some(crate::common::redis::redis_url());
-        s.redis_prefix = prefix.0.clone();
+        shared(&mut s);
         s.db_cache = true;
         s
     };
@@ -348,5 +358,4 @@ async fn agrees_under_writes_with_every_tier_on() {
     assert!(checked >= 12 * 180);
     a.stop().await;
     b.stop().await;
-    prefix.remove().await;
 }

@@ -4,7 +4,7 @@
 use super::Settings;
 use crate::{
     api::transport::{connections::ConnectionLimits, tls::TlsFiles},
-    support::redis_conn::RedisEndpoint,
+    support::redis_conn::{RedisEndpoint, RedisNodes},
 };
 
 /// A replica silent this long no longer holds the change log back.
@@ -50,10 +50,18 @@ impl Settings {
         }
     }
 
-    /// Where Redis is (with the CA for `rediss://`), if it is configured.
+    /// Where Redis is (one server or a cluster's seed nodes, with the CA
+    /// for `rediss://`), if it is configured.
     pub fn redis_endpoint(&self) -> Result<Option<RedisEndpoint>, String> {
-        let Some(url) = &self.redis_url else {
-            return Ok(None);
+        let nodes = match (&self.redis_url, self.redis_cluster_urls.is_empty()) {
+            (None, true) => return Ok(None),
+            (Some(url), true) => RedisNodes::Single(url.clone()),
+            (None, false) => RedisNodes::Cluster(self.redis_cluster_urls.clone()),
+            (Some(_), false) => {
+                return Err(
+                    "set redis_url (one server) or redis_cluster_urls (a cluster), not both".into(),
+                );
+            }
         };
         let ca_pem = match &self.redis_ca_file {
             None => None,
@@ -62,10 +70,7 @@ impl Settings {
                     .map_err(|e| format!("redis_ca_file {}: {e}", path.display()))?,
             ),
         };
-        Ok(Some(RedisEndpoint {
-            url: url.clone(),
-            ca_pem,
-        }))
+        Ok(Some(RedisEndpoint { nodes, ca_pem }))
     }
 
     /// The gRPC port's TLS files, if TLS is on.

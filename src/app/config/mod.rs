@@ -98,6 +98,18 @@ pub struct Settings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis_url: Option<String>,
 
+    /// Seed nodes of a Redis Cluster for the shared cache tier and the
+    /// distributed rate limiter, comma-separated (instead of `redis_url`).
+    #[arg(
+        hide_env_values = true,
+        long,
+        env = "VELRO_REDIS_CLUSTER_URLS",
+        value_delimiter = ',',
+        global = true
+    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub redis_cluster_urls: Vec<String>,
+
     /// PEM CA that signed the Redis server's certificate (`rediss://` URLs),
     /// when it is not in the system's trust store.
     #[arg(long, env = "VELRO_REDIS_CA_FILE", global = true)]

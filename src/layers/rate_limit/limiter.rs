@@ -46,7 +46,8 @@ pub struct RateLimitConfig {
     /// of anonymous clients.
     pub default_tier: String,
     pub tiers: Vec<Tier>,
-    /// Share limits between replicas through Redis (needs `redis_url`).
+    /// Share limits between replicas through Redis (needs `redis_url` or
+    /// `redis_cluster_urls`).
     pub distributed: bool,
     /// Deadline of every rate-limit call to Redis.
     pub redis_timeout: HumanDuration,
@@ -222,7 +223,8 @@ impl Limiter {
             true => ("tightened", limits.tight_gcra, "t:"),
             false => ("redis", limits.gcra, ""),
         };
-        let key = format!("{prefix}{tier}:{mark}{principal}");
+        // The principal is the key's hash tag: one slot in a cluster.
+        let key = format!("{prefix}{tier}:{mark}{{{principal}}}");
         match redis_gcra::take(redis, key, params).await {
             Ok(None) => Some(Ok(())),
             Ok(Some(retry_after)) => Some(Err(self.refused(tier, name, retry_after))),
