@@ -1,8 +1,9 @@
-//! The audit writer's sustained rate into SQLite (the embedded default) and
-//! PostgreSQL: events are queued as fast as the caller can, and the time
-//! runs until the last one is a row. Needs the PostgreSQL of
-//! `VELRO_TEST_POSTGRES_URL` (default the local one); a database of its own
-//! is created and dropped.
+//! The audit writer's sustained rate into SQLite (the embedded default),
+//! PostgreSQL and NATS JetStream alone: events are queued as fast as the
+//! caller can, and the time runs until the last one is a row (or an
+//! acknowledged message). Needs the PostgreSQL of `VELRO_TEST_POSTGRES_URL`
+//! (default the local one; a database of its own is created and dropped)
+//! and `nats-server` (a private one is started on a free port).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,7 +13,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use sqlx::Connection;
 use uuid::Uuid;
 use velro_authz::{
-    audit::{AuditConfig, AuditEvent, AuditLog},
+    audit::{AuditConfig, AuditEvent, AuditLog, jetstream::JetStreamConfig},
     store::{self, PoolConfig},
     support::clock::now_ms,
     support::foreground::Foreground,
@@ -40,10 +41,11 @@ fn event(subject: &str, resource: &str) -> AuditEvent {
     }
 }
 
-/// An audit log over `url`, its queue large enough never to overflow here.
+/// An audit log over `url` (or, with `jetstream`, over the stream alone),
+/// its queue large enough never to overflow here.
 async fn start_log(
     url: &str,
-    spill: std::path::PathBuf,
+    (spill, jetstream): (std::path::PathBuf, Option<JetStreamConfig>),
     metrics: Arc<Metrics>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) -> Arc<AuditLog> {
@@ -58,9 +60,12 @@ async fn start_log(
     let config = AuditConfig {
         queue: 2_000_000,
         spill_path: spill,
+        database: jetstream.is_none(),
+        jetstream,
         ..AuditConfig::default()
     };
     AuditLog::start(&config, store, (metrics, Foreground::new()), stop)
+        .await
         .unwrap()
         .0
 }
@@ -116,7 +121,7 @@ fn audit_writer_bench(c: &mut Criterion) {
     let url = format!("sqlite://{}", dir.path().join("audit.db").display());
     let log = runtime.block_on(start_log(
         &url,
-        dir.path().join("sqlite.spill"),
+        (dir.path().join("sqlite.spill"), None),
         metrics.clone(),
         stop_rx.clone(),
     ));
@@ -140,9 +145,9 @@ fn audit_writer_bench(c: &mut Criterion) {
     let metrics = Arc::new(Metrics::new());
     let log = runtime.block_on(start_log(
         &url,
-        dir.path().join("pg.spill"),
+        (dir.path().join("pg.spill"), None),
         metrics.clone(),
-        stop_rx,
+        stop_rx.clone(),
     ));
     bench_writer(c, &runtime, "writer_into_postgres", &log, &metrics);
     runtime.block_on(async {
@@ -153,6 +158,34 @@ fn audit_writer_bench(c: &mut Criterion) {
         .execute(&mut conn)
         .await;
     });
+
+    // The stream alone (`database = false`): a private nats-server.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut nats = std::process::Command::new("nats-server")
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.path().join("nats"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("nats-server is needed for this bench ({e})"));
+    let metrics = Arc::new(Metrics::new());
+    let jetstream = JetStreamConfig {
+        url: format!("nats://127.0.0.1:{port}"),
+        ..JetStreamConfig::default()
+    };
+    let url = format!("sqlite://{}", dir.path().join("unused.db").display());
+    let log = runtime.block_on(start_log(
+        &url,
+        (dir.path().join("js.spill"), Some(jetstream)),
+        metrics.clone(),
+        stop_rx,
+    ));
+    bench_writer(c, &runtime, "writer_into_jetstream", &log, &metrics);
+    let _ = nats.kill();
+    let _ = nats.wait();
 }
 
 criterion_group!(benches, audit_writer_bench);

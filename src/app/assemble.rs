@@ -150,6 +150,7 @@ pub async fn assemble(
         (metrics.clone(), logins.clone()),
         stop,
     )
+    .await
     .map_err(AuthzError::invalid)?;
     let rate_limit = match settings.rate_limit.enabled {
         false => None,

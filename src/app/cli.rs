@@ -64,6 +64,16 @@ enum Command {
         /// Only events at or after this time (unix milliseconds).
         #[arg(long, default_value_t = 0)]
         since_ms: i64,
+        /// Read the `[audit.jetstream]` stream instead, oldest first (what a
+        /// SIEM consumes): every event as it was published.
+        #[arg(long, conflicts_with_all = ["subject", "resource", "since_ms"])]
+        jetstream: bool,
+        /// With --jetstream: start at this stream sequence.
+        #[arg(long, default_value_t = 1, requires = "jetstream")]
+        from_sequence: u64,
+        /// With --jetstream: keep printing new events as they arrive.
+        #[arg(long, requires = "jetstream")]
+        follow: bool,
     },
     /// Prune the change log (below what every live replica has read), audit
     /// events older than `audit_retention`, ended sessions, expired refresh
@@ -224,10 +234,28 @@ async fn run_admin(settings: &Settings, command: Command) -> Result<(), AuthzErr
         }
         Command::KillSwitch(command) => kill_switch(settings, command).await?,
         Command::Audit {
+            jetstream: true,
+            limit,
+            from_sequence,
+            follow,
+            ..
+        } => {
+            let config = settings.audit.jetstream.as_ref().ok_or_else(|| {
+                AuthzError::invalid("--jetstream needs an [audit.jetstream] section in the config")
+            })?;
+            let limit = (!follow).then_some(u64::from(limit));
+            crate::audit::jetstream::tail(config, from_sequence, limit, follow, |_, event| {
+                say!("{event}")
+            })
+            .await
+            .map_err(AuthzError::Unavailable)?;
+        }
+        Command::Audit {
             subject,
             resource,
             limit,
             since_ms,
+            ..
         } => {
             for event in commands::query_audit(settings, subject, resource, limit, since_ms).await?
             {

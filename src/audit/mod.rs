@@ -1,12 +1,14 @@
 //! Layer 8's machinery: every decision becomes an audit event that never
 //! slows the decision path. A bounded queue feeds one batched writer into
-//! the `audit_log` table (and, when configured, JSON lines for a SIEM). When
-//! the queue is full or the database is down, events go to a local spill
-//! file, replayed when the database is back. Rows are keyed by the event id
-//! and inserted with "on conflict do nothing", so a replay never writes an
-//! event twice.
+//! the `audit_log` table and/or a NATS JetStream stream (and, when
+//! configured, JSON lines for a SIEM). When the queue is full or a sink is
+//! down, events go to a local spill file, replayed when it is back. Rows
+//! are keyed by the event id and inserted with "on conflict do nothing",
+//! and stream messages carry it as `Nats-Msg-Id`, so a replay never writes
+//! an event twice.
 
 mod bursts;
+pub mod jetstream;
 mod spill;
 mod writer;
 
@@ -47,6 +49,12 @@ pub struct AuditConfig {
     /// killed process loses nothing written, a crashed machine may).
     pub fsync: FsyncPolicy,
     pub fsync_interval: HumanDuration,
+    /// Write events to the `audit_log` table; off only with a JetStream
+    /// stream (which then carries the whole audit).
+    pub database: bool,
+    /// Publish every event to NATS JetStream as well (or alone).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jetstream: Option<jetstream::JetStreamConfig>,
 }
 
 /// When the spill file is forced to disk.
@@ -70,6 +78,8 @@ impl Default for AuditConfig {
             burst_window: HumanDuration(Duration::from_secs(10)),
             fsync: FsyncPolicy::Interval,
             fsync_interval: HumanDuration(Duration::from_millis(100)),
+            database: true,
+            jetstream: None,
         }
     }
 }
@@ -86,12 +96,21 @@ impl AuditLog {
     /// Starts the writer; it runs until `stop` turns true, then writes what
     /// is queued and ends. Its inserts give way to the work counted in
     /// `yields_to` (password logins in progress).
-    pub fn start(
+    pub async fn start(
         config: &AuditConfig,
         store: Arc<dyn Store>,
         (metrics, yields_to): (Arc<Metrics>, Arc<Foreground>),
         stop: tokio::sync::watch::Receiver<bool>,
     ) -> Result<(Arc<AuditLog>, JoinHandle<()>), String> {
+        let stream = match &config.jetstream {
+            Some(js) => Some(jetstream::JetStreamSink::start(js).await?),
+            None if !config.database => {
+                return Err("audit.database = false needs an [audit.jetstream] stream: \
+                     the audit must go somewhere"
+                    .into());
+            }
+            None => None,
+        };
         let (queue, receiver) = mpsc::channel(config.queue.max(1));
         let spill = Arc::new(Spill::open(&config.spill_path, config.fsync)?);
         let sink = Arc::new(writer::JsonLines::open(config.json_lines.as_deref())?);
@@ -104,7 +123,8 @@ impl AuditLog {
         let task = tokio::spawn(
             writer::Writer {
                 receiver,
-                store,
+                store: config.database.then_some(store),
+                stream,
                 spill,
                 sink,
                 bursts: bursts::Bursts::new(config.burst_denials, config.burst_window.0),

@@ -1,5 +1,6 @@
 //! The one task that writes audit events: batches from the queue go to the
-//! JSON lines sink and the database. When the database cannot be reached
+//! JSON lines sink, the database and/or the JetStream stream. When a sink
+//! cannot be reached
 //! the writer spills at once, the whole queue included, and keeps spilling
 //! until a replay of the spill file gets through. A replay goes one chunk
 //! at a time between live batches, and only while the live queue is empty
@@ -19,7 +20,7 @@ use tokio::{
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{AuditEvent, Spill, bursts::Bursts, spill};
+use super::{AuditEvent, Spill, bursts::Bursts, jetstream::JetStreamSink, spill};
 use crate::{
     error::AuthzError,
     store::Store,
@@ -108,7 +109,9 @@ impl JsonLines {
 
 pub struct Writer {
     pub receiver: mpsc::Receiver<AuditEvent>,
-    pub store: Arc<dyn Store>,
+    /// The `audit_log` table, unless the stream alone carries the audit.
+    pub store: Option<Arc<dyn Store>>,
+    pub stream: Option<JetStreamSink>,
     pub spill: Arc<Spill>,
     pub sink: Arc<JsonLines>,
     pub bursts: Bursts,
@@ -134,8 +137,10 @@ enum Refused {
     /// The database refused these events' content (e.g. a byte its
     /// encoding cannot hold): retrying will never help.
     Content(String),
-    /// The database was unreachable, busy or slow: retry later.
-    Unreachable(String),
+    /// A sink was unreachable, busy or slow: retry later. `Some`: only
+    /// these events (indexes) are still to write (the database took the
+    /// batch, the stream acknowledged the others).
+    Unreachable(String, Option<Vec<usize>>),
 }
 
 fn classify(
@@ -144,8 +149,8 @@ fn classify(
     match outcome {
         Ok(Ok(written)) => Ok(written),
         Ok(Err(e @ AuthzError::Internal(_))) => Err(Refused::Content(e.to_string())),
-        Ok(Err(e)) => Err(Refused::Unreachable(e.to_string())),
-        Err(_) => Err(Refused::Unreachable("the insert timed out".into())),
+        Ok(Err(e)) => Err(Refused::Unreachable(e.to_string(), None)),
+        Err(_) => Err(Refused::Unreachable("the insert timed out".into(), None)),
     }
 }
 
@@ -255,11 +260,31 @@ impl Writer {
         self.insert(events, true).await;
     }
 
+    /// Writes to the database, then publishes to the stream: what the
+    /// database counted as new (the stream's count without a database).
     async fn try_insert(&self, events: &[AuditEvent]) -> Result<u64, Refused> {
         self.yields_to.idle(YIELD_AT_MOST).await;
         let span = tracing::debug_span!("audit.batch", events = events.len());
-        let insert = self.store.insert_audit(events).instrument(span);
-        classify(tokio::time::timeout(INSERT_DEADLINE, insert).await)
+        let mut written = 0;
+        if let Some(store) = &self.store {
+            let insert = store.insert_audit(events).instrument(span.clone());
+            written = classify(tokio::time::timeout(INSERT_DEADLINE, insert).await)?;
+        }
+        let Some(stream) = &self.stream else {
+            return Ok(written);
+        };
+        let published = stream.publish(events).instrument(span).await;
+        self.metrics.ops.audit_published.inc_by(published.stored);
+        if self.store.is_none() {
+            written = published.stored;
+        }
+        match published.why {
+            None => Ok(written),
+            Some(why) => {
+                self.metrics.ops.audit_written.inc_by(written);
+                Err(Refused::Unreachable(why, Some(published.unacknowledged)))
+            }
+        }
     }
 
     /// Inserts; isolates events refused for their content; enters the
@@ -280,10 +305,19 @@ impl Writer {
                     work.push(second);
                     work.push(first);
                 }
-                Err(Refused::Unreachable(why)) => {
+                Err(Refused::Unreachable(why, unsent)) => {
                     self.enter_outage(&why);
                     if spill {
-                        self.spill(&events);
+                        match unsent {
+                            None => self.spill(&events),
+                            Some(unsent) => {
+                                let unsent: Vec<AuditEvent> = unsent
+                                    .iter()
+                                    .filter_map(|i| events.get(*i).cloned())
+                                    .collect();
+                                self.spill(&unsent);
+                            }
+                        }
                         for rest in work.drain(..) {
                             self.spill(&rest);
                         }
@@ -298,7 +332,7 @@ impl Writer {
 
     fn enter_outage(&mut self, why: &str) {
         if !self.outage {
-            tracing::warn!("audit events go to the spill file until the database is back: {why}");
+            tracing::warn!("audit events go to the spill file until their sink is back: {why}");
         }
         self.outage = true;
     }

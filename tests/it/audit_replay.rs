@@ -59,6 +59,7 @@ async fn writer_with_a_backlog(login: bool) -> (Writer, Option<InProgress>) {
         (metrics.clone(), logins.clone()),
         stop_rx,
     )
+    .await
     .unwrap();
     let writer = Writer {
         db,

@@ -16,6 +16,7 @@ mod emergency;
 mod ext_authz;
 mod inheritance;
 mod invalidation;
+mod jetstream;
 mod jwks;
 mod key_rotation;
 mod loadgen;

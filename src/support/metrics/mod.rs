@@ -101,6 +101,8 @@ pub struct Metrics {
 #[derive(Default)]
 pub struct OpsMetrics {
     pub audit_written: Counter,
+    /// Events the JetStream stream stored (duplicates of a retry not counted).
+    pub audit_published: Counter,
     pub audit_spilled: Counter,
     pub audit_replayed: Counter,
     pub audit_lost: Counter,
@@ -123,8 +125,14 @@ impl OpsMetrics {
         let counters = [
             (
                 "audit_events_written",
-                "Audit events written to the audit_log table",
+                "Audit events written to the audit_log table (to the JetStream stream when it is \
+                 the only sink)",
                 &self.audit_written,
+            ),
+            (
+                "audit_events_published",
+                "Audit events stored by the JetStream stream (a retried duplicate not counted)",
+                &self.audit_published,
             ),
             (
                 "audit_events_spilled",

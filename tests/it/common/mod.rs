@@ -7,6 +7,7 @@ pub mod certs;
 pub mod cluster;
 pub mod fixture;
 pub mod login;
+pub mod nats;
 pub mod otlp;
 pub mod private;
 pub mod process;
