@@ -27,7 +27,8 @@ enum Command {
     Run {
         #[arg(required = true)]
         configs: Vec<PathBuf>,
-        /// Target address, replacing each config's `host`.
+        /// Target address, replacing each config's `host`; several,
+        /// comma-separated (replicas), get the connections round robin.
         #[arg(long)]
         host: Option<String>,
         /// Read data files by name from this directory instead.
@@ -135,6 +136,11 @@ enum Command {
         /// The server binary; by default `velro-authz` beside this one.
         #[arg(long)]
         server_bin: Option<PathBuf>,
+        /// Start this many replicas on the same PostgreSQL (and Redis) and
+        /// run Authorize hot, uniform and BatchAuthorize(50) across 1..=N
+        /// of them: aggregate, per-replica CPU and hit rate, staleness.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
     },
 }
 
@@ -162,11 +168,14 @@ async fn execute(command: Command) -> Result<(), LoadError> {
                 check: !no_check,
                 check_every,
                 duration_factor,
+                connections: None,
+                start_at: 0.0,
             };
             let mut report = RunReport {
                 started_at: standard::utc_timestamp(std::time::SystemTime::now()),
                 setup: Default::default(),
                 scenarios: Vec::new(),
+                replicas: None,
             };
             for config in &configs {
                 report
@@ -205,6 +214,7 @@ async fn execute(command: Command) -> Result<(), LoadError> {
                 started_at: standard::utc_timestamp(std::time::SystemTime::now()),
                 setup: Default::default(),
                 scenarios: vec![scenario],
+                replicas: None,
             };
             report.print();
             let stem = format!("ramp-{}", report.started_at.replace([':', '-'], ""));
@@ -258,6 +268,7 @@ async fn execute(command: Command) -> Result<(), LoadError> {
             configs,
             out,
             server_bin,
+            replicas,
         } => {
             let report = standard::run(StandardOptions {
                 scale,
@@ -273,6 +284,7 @@ async fn execute(command: Command) -> Result<(), LoadError> {
                 duration_factor,
                 stage_seconds,
                 ramp_logins: !no_ramp_logins,
+                replicas,
             })
             .await?;
             fail_on_mismatch(&report)

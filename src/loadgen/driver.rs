@@ -92,14 +92,22 @@ pub fn ensure_fd_limit(connections: usize) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Opens the plan's connections; a `host` of several comma-separated
+/// addresses (replicas) gets them round robin, as a gRPC client's
+/// round-robin balancer spreads its subchannels.
 async fn connect_all(plan: &Plan) -> Result<Vec<Channel>, LoadError> {
     ensure_fd_limit(plan.connections)?;
-    let endpoint = Endpoint::from_shared(format!("http://{}", plan.host))
-        .map_err(|e| LoadError(format!("host {:?}: {e}", plan.host)))?
-        .connect_timeout(plan.connect_timeout)
-        .tcp_nodelay(true);
+    let endpoints = plan
+        .host
+        .split(',')
+        .map(|host| {
+            Endpoint::from_shared(format!("http://{}", host.trim()))
+                .map(|e| e.connect_timeout(plan.connect_timeout).tcp_nodelay(true))
+                .map_err(|e| LoadError(format!("host {host:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let results: Vec<_> = futures::stream::iter(0..plan.connections)
-        .map(|_| endpoint.connect())
+        .map(|i| endpoints[i % endpoints.len()].connect())
         .buffer_unordered(CONNECT_PARALLELISM)
         .collect()
         .await;
@@ -235,10 +243,12 @@ fn record(tally: &mut Tally, answers: Vec<Answer>, expected: Option<&Vec<bool>>,
 
 /// Runs `plan`; returns one tally per load step (one for closed loop).
 /// Every `check_every`-th request is compared with its expected answer.
+/// The messages are sent in order from index `first`, cycling.
 pub async fn run(
     plan: &Plan,
     workset: Arc<Workset>,
     check_every: u64,
+    first: u64,
 ) -> Result<Vec<Tally>, LoadError> {
     if workset.messages.is_empty() {
         return Err(LoadError("no request messages to send".into()));
@@ -286,7 +296,7 @@ pub async fn run(
                             (now, 0)
                         }
                     };
-                    let index = (ticket % workset.messages.len() as u64) as usize;
+                    let index = ((ticket + first) % workset.messages.len() as u64) as usize;
                     let outcome = send(channel, &workset.messages[index], timeout).await;
                     let tally = &mut tallies[step];
                     let done = Instant::now().into_std();

@@ -9,6 +9,8 @@ pub mod expect;
 pub mod ghz;
 pub mod messages;
 pub mod ramp;
+pub mod replica_report;
+pub mod replicas;
 pub mod report;
 pub mod standard;
 pub mod svg;
@@ -45,6 +47,13 @@ pub struct RunOptions {
     pub check_every: u64,
     /// Multiplies every duration (a shorter run for a quick look).
     pub duration_factor: f64,
+    /// Replaces every config's `connections` (at most its concurrency):
+    /// a multiple of the replica count spreads the load evenly.
+    pub connections: Option<usize>,
+    /// Where in its data file a run starts, as a fraction of the file
+    /// (0: the first message): runs that must not repeat each other's
+    /// requests (cache misses) start apart.
+    pub start_at: f64,
 }
 
 impl Default for RunOptions {
@@ -55,6 +64,8 @@ impl Default for RunOptions {
             check: true,
             check_every: 4,
             duration_factor: 1.0,
+            connections: None,
+            start_at: 0.0,
         }
     }
 }
@@ -97,6 +108,9 @@ fn adjust(mut plan: Plan, options: &RunOptions) -> Plan {
     if let Some(host) = &options.host {
         plan.host = host.clone();
     }
+    if let Some(connections) = options.connections {
+        plan.connections = connections.clamp(1, plan.concurrency.max(1));
+    }
     if let (Some(dir), DataSource::File(file)) = (&options.data_dir, &plan.data)
         && let Some(name) = file.file_name()
     {
@@ -132,7 +146,8 @@ pub async fn run_scenario(path: &Path, options: &RunOptions) -> Result<ScenarioR
                 w
             }
         };
-        let tallies = driver::run(&plan, workset, options.check_every).await?;
+        let first = (options.start_at * workset.messages.len() as f64) as u64;
+        let tallies = driver::run(&plan, workset, options.check_every, first).await?;
         let rates: Vec<String> = match &plan.load {
             Load::Open(rates) => rates.iter().map(|r| format!("{:.0} rps", r.rps)).collect(),
             Load::Closed => vec![format!("c={}", plan.concurrency)],

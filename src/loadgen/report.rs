@@ -5,7 +5,10 @@ use std::{collections::BTreeMap, path::Path};
 
 use serde::Serialize;
 
-use super::{LoadError, ghz::Call, ramp::StageTallies, svg, tally::Tally, verdict::Verdict};
+use super::{
+    LoadError, ghz::Call, ramp::StageTallies, replica_report::ReplicaReport, svg, tally::Tally,
+    verdict::Verdict,
+};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Percentiles {
@@ -134,6 +137,9 @@ pub struct RunReport {
     pub started_at: String,
     pub setup: BTreeMap<String, String>,
     pub scenarios: Vec<ScenarioResult>,
+    /// `report --replicas N`: per replica figures and staleness.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<ReplicaReport>,
 }
 
 impl RunReport {
@@ -253,6 +259,9 @@ impl RunReport {
             for sample in &s.overall.mismatch_samples {
                 println!("  MISMATCH {sample}");
             }
+        }
+        if let Some(replicas) = &self.replicas {
+            replicas.print();
         }
     }
 

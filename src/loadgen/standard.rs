@@ -64,6 +64,9 @@ pub struct StandardOptions {
     pub stage_seconds: Option<f64>,
     /// Ramp users log in (password) before they authorize by token.
     pub ramp_logins: bool,
+    /// More than 1: start this many replicas and run the replica scenarios
+    /// (`replicas`) instead of the standard ones.
+    pub replicas: usize,
 }
 
 fn free_port() -> Result<u16, LoadError> {
@@ -173,7 +176,7 @@ async fn seed(bin: &Path, url: &str, id: WorkloadId) -> Result<(), LoadError> {
     }
 }
 
-async fn wait_serving(addr: &str, server: &mut Child) -> Result<(), LoadError> {
+pub(super) async fn wait_serving(addr: &str, server: &mut Child) -> Result<(), LoadError> {
     for _ in 0..600 {
         if let Ok(Some(status)) = server.try_wait() {
             return Err(LoadError(format!("the server exited early ({status})")));
@@ -204,49 +207,56 @@ fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-/// The server's own counters after the run: shed requests, breakers,
-/// connections it closed (from its ops port).
-async fn server_counters(ops: &str) -> BTreeMap<String, String> {
+/// Every sample a server's ops port shows at `/metrics` (name with
+/// labels, value); empty when it cannot be read.
+pub(super) async fn scrape(ops: &str) -> Vec<(String, f64)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut found = BTreeMap::new();
     let Ok(mut stream) = tokio::net::TcpStream::connect(ops).await else {
-        return found;
+        return Vec::new();
     };
     let request = format!("GET /metrics HTTP/1.0\r\nHost: {ops}\r\n\r\n");
     let mut text = String::new();
     if stream.write_all(request.as_bytes()).await.is_err()
         || stream.read_to_string(&mut text).await.is_err()
     {
-        return found;
+        return Vec::new();
     }
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(name, value)| Some((name.to_owned(), value.parse().ok()?)))
+        .collect()
+}
+
+/// The server's own counters after the run: shed requests, breakers,
+/// connections it closed (from its ops port).
+async fn server_counters(ops: &str) -> BTreeMap<String, String> {
     let wanted = [
         "velro_authz_requests_shed_total",
         "velro_authz_breaker_state",
         "velro_authz_connections_closed_by_server_total",
         "velro_authz_audit_events_spilled_total",
     ];
-    for line in text.lines().filter(|l| !l.starts_with('#')) {
-        if let Some((name, value)) = line.rsplit_once(' ')
-            && wanted.iter().any(|w| name.starts_with(w))
-        {
-            found.insert(format!("server {name}"), value.to_owned());
-        }
-    }
-    found
+    scrape(ops)
+        .await
+        .into_iter()
+        .filter(|(name, _)| wanted.iter().any(|w| name.starts_with(w)))
+        .map(|(name, value)| (format!("server {name}"), value.to_string()))
+        .collect()
 }
 
 /// A server of the run, in a working directory of its own (its audit spill
 /// file is there, so an earlier run's unreplayed events never reach this
 /// run's database); `stop` removes the directory after the server.
-struct Server {
-    child: Child,
-    addr: String,
-    ops: String,
+pub(super) struct Server {
+    pub(super) child: Child,
+    pub(super) addr: String,
+    pub(super) ops: String,
     dir: PathBuf,
 }
 
 impl Server {
-    async fn stop(mut self) {
+    pub(super) async fn stop(mut self) {
         let _ = self.child.kill().await;
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -254,7 +264,7 @@ impl Server {
 
 /// Starts `velro-authz serve` on free loopback ports with the run's
 /// database and shared tiers.
-fn start_server(options: &StandardOptions, url: &str) -> Result<Server, LoadError> {
+pub(super) fn start_server(options: &StandardOptions, url: &str) -> Result<Server, LoadError> {
     let (grpc, ops) = (free_port()?, free_port()?);
     let addr = format!("127.0.0.1:{grpc}");
     let dir = std::env::temp_dir().join(format!("velro-report-{}", uuid::Uuid::new_v4().simple()));
@@ -286,6 +296,10 @@ fn start_server(options: &StandardOptions, url: &str) -> Result<Server, LoadErro
             "--db-cache",
             if options.db_cache { "true" } else { "false" },
         ]);
+    if options.replicas > 1 {
+        let lag = format!("{}ms", super::replicas::CACHE_MAX_LAG.as_millis());
+        command.args(["--cache-max-lag", &lag]);
+    }
     if let Some(redis) = &options.redis_url {
         command.args([
             "--redis-url",
@@ -475,6 +489,11 @@ pub async fn run(options: StandardOptions) -> Result<RunReport, LoadError> {
     eprintln!("drawing request data into {} …", data_dir.display());
     data::write_files(&data_dir, id, sizes)?;
 
+    if options.replicas > 1 && options.postgres_url.is_none() {
+        return Err(LoadError(
+            "--replicas needs --postgres-url: replicas share one database server".into(),
+        ));
+    }
     let (db, url) = BenchDb::create(&options, &stamp).await?;
     let mut setup = BTreeMap::new();
     setup.insert(
@@ -509,9 +528,16 @@ pub async fn run(options: StandardOptions) -> Result<RunReport, LoadError> {
         started_at,
         setup,
         scenarios: Vec::new(),
+        replicas: None,
     };
     eprintln!("seeding the reference workload (scale {}) …", id.scale);
+    report
+        .setup
+        .insert("replicas".into(), options.replicas.max(1).to_string());
     let result = match seed(&options.server_bin, &url, id).await {
+        Ok(()) if options.replicas > 1 => {
+            super::replicas::run(&options, &url, &data_dir, &mut report).await
+        }
         Ok(()) => run_against(&options, &url, &data_dir, &mut report).await,
         Err(e) => Err(e),
     };

@@ -162,3 +162,58 @@ async fn short_runs_open_and_closed_loop() {
     assert!(!r.overall.mismatch_samples.is_empty());
     server.stop().await;
 }
+
+/// Several targets (replicas) share the run's connections round robin:
+/// each replica decides its share, every answer right.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_spread_over_several_targets() {
+    let db = TestDb::create(Db::Postgres).await;
+    let id = WorkloadId {
+        seed: 11,
+        scale: 0.01,
+    };
+    db.store()
+        .await
+        .insert_dataset(&workload::generate(id.scale, id.seed))
+        .await
+        .unwrap();
+    let replicas = [
+        TestServer::start(settings(&db.url)).await,
+        TestServer::start(settings(&db.url)).await,
+        TestServer::start(settings(&db.url)).await,
+    ];
+    let hosts: Vec<String> = replicas
+        .iter()
+        .map(|r| r.server.as_ref().unwrap().grpc_addr.to_string())
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let sizes = Sizes {
+        hot: 300,
+        uniform: 10,
+        batches: 10,
+        batch_items: 50,
+    };
+    data::write_files(&dir.path().join("data"), id, sizes).unwrap();
+    let closed = write_config(
+        dir.path(),
+        "closed",
+        r#""call": "velro.authz.v1.AuthorizationService.Authorize", "data-file": "data/authorize_hot.json", "total": 600, "concurrency": 6, "connections": 6"#,
+    );
+    let options = RunOptions {
+        host: Some(hosts.join(",")),
+        check_every: 1,
+        ..RunOptions::default()
+    };
+    let r = run_scenario(&closed, &options).await.unwrap();
+    assert_clean(&r, 600, 600);
+    let mut total = 0.0;
+    for replica in &replicas {
+        let decided = replica.metric_sum("velro_authz_decisions_total").await;
+        assert!(decided >= 100.0, "each replica got its share: {decided}");
+        total += decided;
+    }
+    assert_eq!(total, 600.0, "every request went to one of the replicas");
+    for replica in replicas {
+        replica.stop().await;
+    }
+}

@@ -317,6 +317,17 @@ impl TestServer {
             .sum()
     }
 
+    /// The sum of every sample of a metric, whatever its labels.
+    pub async fn metric_sum(&self, name: &str) -> f64 {
+        let (_, body) = self.ops_get("/metrics").await;
+        body.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit_once(' '))
+            .filter(|(sample, _)| sample.starts_with(&format!("{name}{{")) || *sample == name)
+            .map(|(_, v)| v.parse::<f64>().unwrap_or_else(|e| panic!("{name}: {e}")))
+            .sum()
+    }
+
     /// Waits (up to 10 s) until a metric sample reaches `at_least`.
     pub async fn metric_reaches(&self, sample: &str, at_least: f64) {
         let what = format!("{sample} reaching {at_least}");

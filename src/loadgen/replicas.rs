@@ -1,0 +1,408 @@
+//! `report --replicas N`: N servers on one PostgreSQL (and Redis), each on
+//! its own ports. Authorize hot, uniform and BatchAuthorize(50) run across
+//! the first n of them for n = 1..=N, the connections spread round robin;
+//! for each: the aggregate, each replica's decisions, hit rate and CPU per
+//! 1,000 decisions (from /proc), and the staleness of plain SQL writes made
+//! while the load runs (the time until every replica answers the new
+//! decision).
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use sqlx::Connection;
+use tonic::transport::Channel;
+use uuid::Uuid;
+
+use super::{
+    LoadError, RunOptions,
+    replica_report::{Cost, ReplicaReport, ReplicaRow, Staleness},
+    report::RunReport,
+    run_scenario,
+    standard::{self, Server, StandardOptions},
+};
+use crate::proto::{
+    AuthorizeRequest, Decision, Resource, authorization_service_client::AuthorizationServiceClient,
+};
+
+pub const SCENARIOS: [&str; 3] = [
+    "authorize_hot.json",
+    "authorize_uniform.json",
+    "batch_authorize_50.json",
+];
+/// The replicas' `cache_max_lag`: the staleness bound they promise.
+pub const CACHE_MAX_LAG: Duration = Duration::from_secs(5);
+/// One plain SQL write this often while the load runs.
+const WRITE_EVERY: Duration = Duration::from_millis(500);
+/// How often each replica is asked whether it sees the write.
+const POLL_EVERY: Duration = Duration::from_millis(5);
+/// Connections per scenario: the same total for 1, 2 and 3 replicas.
+const CONNECTIONS: usize = 6;
+/// /proc reports CPU time in USER_HZ ticks, 100 a second on Linux.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// A replica's counters at one moment.
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    cpu_seconds: f64,
+    decisions: f64,
+    lookups: f64,
+    cached: f64,
+    computations: f64,
+    db_queries: f64,
+}
+
+/// User + system CPU of a process, from /proc/<pid>/stat.
+fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let Some(stat) = pid.and_then(|p| std::fs::read_to_string(format!("/proc/{p}/stat")).ok())
+    else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces): state is the
+    // 3rd field of the line, utime the 14th, stime the 15th.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    match (ticks(11), ticks(12)) {
+        (Some(user), Some(system)) => (user + system) / TICKS_PER_SECOND,
+        _ => 0.0,
+    }
+}
+
+async fn sample(server: &Server) -> Sample {
+    let metrics = standard::scrape(&server.ops).await;
+    let sum = |wanted: &dyn Fn(&str) -> bool| -> f64 {
+        metrics
+            .iter()
+            .filter(|(name, _)| wanted(name))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    let lookup = |name: &str| name.starts_with("velro_authz_cache_lookups_total{");
+    Sample {
+        cpu_seconds: cpu_seconds(server.child.id()),
+        decisions: sum(&|n| n.starts_with("velro_authz_decisions_total")),
+        lookups: sum(&|n| lookup(n) && n.contains("tier=\"in_process\"")),
+        cached: sum(&|n| {
+            lookup(n)
+                && n.contains("result=\"hit\"")
+                && ["in_process", "redis", "database"]
+                    .iter()
+                    .any(|t| n.contains(&format!("tier=\"{t}\"")))
+        }),
+        computations: sum(&|n| n.starts_with("velro_authz_permission_computations_total")),
+        db_queries: sum(&|n| n == "velro_authz_db_pool_acquire_seconds_count"),
+    }
+}
+
+/// Commands the Redis server has processed so far (`INFO stats`).
+async fn redis_commands(url: Option<&str>) -> Option<f64> {
+    let client = redis::Client::open(url?).ok()?;
+    let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(&mut connection)
+        .await
+        .ok()?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The audit table's size on disk per row (table, indexes and TOAST).
+async fn audit_bytes_per_row(url: &str) -> Option<f64> {
+    let mut conn = sqlx::PgConnection::connect(url).await.ok()?;
+    let (bytes, rows): (i64, i64) = sqlx::query_as(
+        "SELECT pg_total_relation_size('audit_log'), (SELECT count(*) FROM audit_log)",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .ok()?;
+    (rows > 0).then(|| bytes as f64 / rows as f64)
+}
+
+/// CPU per second of idle replicas (what following the change log and the
+/// background tasks cost), over `window`.
+async fn idle_cpu_ms_per_second(servers: &[Server], window: Duration) -> f64 {
+    let before: Vec<f64> = servers.iter().map(|s| cpu_seconds(s.child.id())).collect();
+    tokio::time::sleep(window).await;
+    let spent: f64 = servers
+        .iter()
+        .zip(before)
+        .map(|(s, b)| cpu_seconds(s.child.id()) - b)
+        .sum();
+    spent * 1e3 / window.as_secs_f64() / servers.len().max(1) as f64
+}
+
+/// A project of its own whose visibility the prober flips with plain SQL
+/// (public: anyone may read it; private: only its owner), and a reader
+/// with no other tie to it. Neither appears in any request file, so the
+/// scenarios' expected answers are untouched.
+struct Prober {
+    conn: sqlx::PgConnection,
+    project: Uuid,
+    reader: Uuid,
+    public: bool,
+}
+
+impl Prober {
+    async fn create(url: &str) -> Result<Prober, LoadError> {
+        let fail = |e: sqlx::Error| LoadError(format!("staleness probe: {e}"));
+        let mut conn = sqlx::PgConnection::connect(url).await.map_err(fail)?;
+        let (owner, reader, project) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+        for user in [owner, reader] {
+            sqlx::query("INSERT INTO users (id, email) VALUES ($1, $2)")
+                .bind(user)
+                .bind(format!("probe-{user}@staleness.invalid"))
+                .execute(&mut conn)
+                .await
+                .map_err(fail)?;
+        }
+        sqlx::query(
+            "INSERT INTO projects (id, owner_id, visibility, name) \
+             VALUES ($1, $2, 'private', 'staleness probe')",
+        )
+        .bind(project)
+        .bind(owner)
+        .execute(&mut conn)
+        .await
+        .map_err(fail)?;
+        Ok(Prober {
+            conn,
+            project,
+            reader,
+            public: false,
+        })
+    }
+
+    fn request(&self) -> AuthorizeRequest {
+        AuthorizeRequest {
+            user_id: self.reader.to_string(),
+            action: "read".into(),
+            resource: Some(Resource {
+                r#type: "project".into(),
+                id: self.project.to_string(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Flips the visibility; returns the decision every replica must reach.
+    async fn flip(&mut self) -> Result<Decision, LoadError> {
+        self.public = !self.public;
+        let visibility = if self.public { "public" } else { "private" };
+        sqlx::query("UPDATE projects SET visibility = $1 WHERE id = $2")
+            .bind(visibility)
+            .bind(self.project)
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| LoadError(format!("staleness probe write: {e}")))?;
+        Ok(if self.public {
+            Decision::Allow
+        } else {
+            Decision::Deny
+        })
+    }
+
+    /// Writes every `WRITE_EVERY` until `stop`; per write, the time until
+    /// the last replica answered the new decision (`None`: not within the
+    /// bound).
+    async fn probe(
+        &mut self,
+        replicas: &[AuthorizationServiceClient<Channel>],
+        stop: &AtomicBool,
+    ) -> Result<Vec<Option<Duration>>, LoadError> {
+        let mut seen = Vec::new();
+        while !stop.load(Ordering::Acquire) {
+            let expected = self.flip().await?;
+            let written = Instant::now();
+            let request = self.request();
+            let waits = replicas.iter().map(|client| {
+                let (mut client, request) = (client.clone(), request.clone());
+                async move {
+                    while written.elapsed() < CACHE_MAX_LAG * 2 {
+                        let answer = client.authorize(request.clone()).await;
+                        if answer.is_ok_and(|r| r.into_inner().decision() == expected) {
+                            return Some(written.elapsed());
+                        }
+                        tokio::time::sleep(POLL_EVERY).await;
+                    }
+                    None
+                }
+            });
+            let all = futures::future::join_all(waits).await;
+            let last = all
+                .iter()
+                .try_fold(Duration::ZERO, |latest, w| w.map(|w| w.max(latest)));
+            seen.push(last.filter(|l| *l <= CACHE_MAX_LAG));
+            tokio::time::sleep(WRITE_EVERY.saturating_sub(written.elapsed())).await;
+        }
+        Ok(seen)
+    }
+
+    async fn remove(mut self) {
+        let _ = sqlx::query("DELETE FROM projects WHERE id = $1")
+            .bind(self.project)
+            .execute(&mut self.conn)
+            .await;
+    }
+}
+
+fn staleness(replicas: usize, scenario: &str, seen: &[Option<Duration>]) -> Staleness {
+    let mut ms: Vec<f64> = seen
+        .iter()
+        .flatten()
+        .map(|d| d.as_secs_f64() * 1e3)
+        .collect();
+    ms.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        ms.get(((ms.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0.0)
+    };
+    Staleness {
+        replicas,
+        scenario: scenario.to_owned(),
+        writes: seen.len(),
+        median_ms: at(0.5),
+        p99_ms: at(0.99),
+        max_ms: ms.last().copied().unwrap_or(0.0),
+        beyond_bound: seen.iter().filter(|s| s.is_none()).count(),
+        bound_ms: CACHE_MAX_LAG.as_secs_f64() * 1e3,
+    }
+}
+
+async fn client(addr: &str) -> Result<AuthorizationServiceClient<Channel>, LoadError> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| LoadError(format!("{addr}: {e}")))?
+        .connect()
+        .await
+        .map_err(|e| LoadError(format!("{addr}: {e}")))?;
+    Ok(AuthorizationServiceClient::new(channel))
+}
+
+/// Runs the replica scenarios; the replicas are stopped at the end.
+pub async fn run(
+    options: &StandardOptions,
+    url: &str,
+    data_dir: &std::path::Path,
+    report: &mut RunReport,
+) -> Result<(), LoadError> {
+    let mut servers: Vec<Server> = Vec::new();
+    let result = async {
+        for _ in 0..options.replicas {
+            let mut server = standard::start_server(options, url)?;
+            standard::wait_serving(&server.addr, &mut server.child).await?;
+            servers.push(server);
+        }
+        let mut clients = Vec::new();
+        for server in &servers {
+            clients.push(client(&server.addr).await?);
+        }
+        let mut prober = Prober::create(url).await?;
+        let mut figures = ReplicaReport::default();
+        eprintln!("measuring idle replicas for 10 s …");
+        figures.inputs.insert(
+            "idle replica CPU ms per second (change-log follower and timers)".into(),
+            idle_cpu_ms_per_second(&servers, Duration::from_secs(10)).await,
+        );
+        let redis = options.redis_url.as_deref();
+        // Warm every replica with the hot and batch requests first, so that
+        // one replica's run does not pay the cold start the others skip.
+        let everyone: Vec<&str> = servers.iter().map(|s| s.addr.as_str()).collect();
+        let warm = RunOptions {
+            host: Some(everyone.join(",")),
+            data_dir: Some(data_dir.to_path_buf()),
+            duration_factor: options.duration_factor * 0.5,
+            connections: Some(servers.len() * (CONNECTIONS / servers.len()).max(1)),
+            check: false,
+            ..RunOptions::default()
+        };
+        for name in ["authorize_hot.json", "batch_authorize_50.json"] {
+            eprintln!("warming every replica with {name} …");
+            run_scenario(&options.configs.join(name), &warm).await?;
+        }
+        let outcome = async {
+            for count in 1..=servers.len() {
+                let (targets, polled) = (&servers[..count], &clients[..count]);
+                let host: Vec<&str> = targets.iter().map(|s| s.addr.as_str()).collect();
+                let run = RunOptions {
+                    host: Some(host.join(",")),
+                    data_dir: Some(data_dir.to_path_buf()),
+                    duration_factor: options.duration_factor,
+                    connections: Some(count * (CONNECTIONS / count).max(1)),
+                    // Each count reads its own part of the uniform file, so
+                    // its keys are new to every tier (hot keys repeat by
+                    // design).
+                    start_at: (count - 1) as f64 / servers.len() as f64,
+                    ..RunOptions::default()
+                };
+                for name in SCENARIOS {
+                    let stem = name.trim_end_matches(".json");
+                    eprintln!("running {stem} across {count} replica(s) …");
+                    let before = futures::future::join_all(targets.iter().map(sample)).await;
+                    let commands_before = redis_commands(redis).await;
+                    let stop = AtomicBool::new(false);
+                    let (scenario, seen) = tokio::join!(
+                        async {
+                            let result = run_scenario(&options.configs.join(name), &run).await;
+                            stop.store(true, Ordering::Release);
+                            result
+                        },
+                        prober.probe(polled, &stop)
+                    );
+                    let (mut scenario, seen) = (scenario?, seen?);
+                    let after = futures::future::join_all(targets.iter().map(sample)).await;
+                    let commands = match (commands_before, redis_commands(redis).await) {
+                        (Some(b), Some(a)) => Some(a - b),
+                        _ => None,
+                    };
+                    let first_row = figures.rows.len();
+                    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+                        let decisions = (a.decisions - b.decisions).max(0.0);
+                        let cpu = (a.cpu_seconds - b.cpu_seconds).max(0.0);
+                        let lookups = a.lookups - b.lookups;
+                        figures.rows.push(ReplicaRow {
+                            replicas: count,
+                            scenario: stem.to_owned(),
+                            replica: i + 1,
+                            decisions: decisions as u64,
+                            cpu_seconds: cpu,
+                            cpu_ms_per_1000_decisions: (decisions > 0.0)
+                                .then(|| cpu * 1e6 / decisions),
+                            hit_rate: (lookups > 0.0).then(|| (a.cached - b.cached) / lookups),
+                            computations: (a.computations - b.computations).max(0.0) as u64,
+                            db_queries: (a.db_queries - b.db_queries).max(0.0) as u64,
+                        });
+                    }
+                    let seconds = scenario.overall.seconds;
+                    if let Some(cost) = Cost::of(&figures.rows[first_row..], seconds, commands) {
+                        figures.cost.push(cost);
+                    }
+                    figures.staleness.push(staleness(count, stem, &seen));
+                    scenario.name = format!("{stem} x{count}");
+                    report.scenarios.push(scenario);
+                }
+            }
+            Ok::<(), LoadError>(())
+        }
+        .await;
+        prober.remove().await;
+        outcome?;
+        if let Some(bytes) = audit_bytes_per_row(url).await {
+            figures.inputs.insert(
+                "audit bytes per decision (PostgreSQL, on disk)".into(),
+                bytes,
+            );
+        }
+        figures.relate_to_one_replica();
+        report.replicas = Some(figures);
+        Ok(())
+    }
+    .await;
+    for server in servers {
+        server.stop().await;
+    }
+    result
+}
