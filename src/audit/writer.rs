@@ -27,6 +27,11 @@ use crate::{
     support::{clock::now_ms, foreground::Foreground, metrics::Metrics},
 };
 
+/// How long a short batch waits for more events before it is written: a
+/// SIGKILL can lose what is queued in memory, and this adds at most this
+/// much to that window.
+const LINGER: Duration = Duration::from_millis(5);
+
 /// How long one insert may take before the batch is spilled instead.
 const INSERT_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -171,6 +176,7 @@ impl Writer {
                 // Every sender is gone.
                 Some(0) => break,
                 Some(_) => {
+                    self.linger(&mut buffer).await;
                     let events = std::mem::replace(&mut buffer, Vec::with_capacity(self.batch));
                     self.write(events).await;
                 }
@@ -194,6 +200,21 @@ impl Writer {
             self.write(events).await;
         }
         self.spill.sync();
+    }
+
+    /// Lets a short batch fill for up to `LINGER` (as a Kafka producer's
+    /// `linger.ms` does): under a moderate load the writer would otherwise
+    /// wake and insert for every few events, and the cost of an insert is
+    /// mostly per statement, not per row.
+    async fn linger(&mut self, buffer: &mut Vec<AuditEvent>) {
+        let until = Instant::now() + LINGER;
+        while buffer.len() < self.batch {
+            let wanted = self.batch - buffer.len();
+            match tokio::time::timeout_at(until, self.receiver.recv_many(buffer, wanted)).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
     }
 
     /// Starts a replay when the spill file holds events, or takes its next
