@@ -170,6 +170,7 @@ async fn execute(command: Command) -> Result<(), LoadError> {
                 duration_factor,
                 connections: None,
                 start_at: 0.0,
+                rps: None,
             };
             let mut report = RunReport {
                 started_at: standard::utc_timestamp(std::time::SystemTime::now()),

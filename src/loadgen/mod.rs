@@ -54,6 +54,9 @@ pub struct RunOptions {
     /// (0: the first message): runs that must not repeat each other's
     /// requests (cache misses) start apart.
     pub start_at: f64,
+    /// Replaces every config's load with an open loop at this rate
+    /// (requests a second) for the config's duration.
+    pub rps: Option<f64>,
 }
 
 impl Default for RunOptions {
@@ -66,6 +69,7 @@ impl Default for RunOptions {
             duration_factor: 1.0,
             connections: None,
             start_at: 0.0,
+            rps: None,
         }
     }
 }
@@ -107,6 +111,12 @@ fn scaled(d: Duration, factor: f64) -> Duration {
 fn adjust(mut plan: Plan, options: &RunOptions) -> Plan {
     if let Some(host) = &options.host {
         plan.host = host.clone();
+    }
+    if let Some(rps) = options.rps {
+        plan.load = Load::Open(vec![ghz::RateStep {
+            rps,
+            duration: plan.duration,
+        }]);
     }
     if let Some(connections) = options.connections {
         plan.connections = connections.clamp(1, plan.concurrency.max(1));

@@ -299,6 +299,10 @@ pub(super) fn start_server(options: &StandardOptions, url: &str) -> Result<Serve
     if options.replicas > 1 {
         let lag = format!("{}ms", super::replicas::CACHE_MAX_LAG.as_millis());
         command.args(["--cache-max-lag", &lag]);
+        // One runtime worker each, as a one-CPU pod would run: N replicas
+        // with a worker per core of this machine would measure how the
+        // kernel shares two cores among them, not what a decision costs.
+        command.env("TOKIO_WORKER_THREADS", "1");
     }
     if let Some(redis) = &options.redis_url {
         command.args([
