@@ -35,7 +35,7 @@ use crate::proto::{
 /// 2-core machine serves (the standard report measures the ceilings).
 pub const SCENARIOS: [(&str, f64); 3] = [
     ("authorize_hot.json", 3_000.0),
-    ("authorize_uniform.json", 700.0),
+    ("authorize_uniform.json", 400.0),
     ("batch_authorize_50.json", 250.0),
 ];
 /// The replicas' `cache_max_lag`: the staleness bound they promise.
