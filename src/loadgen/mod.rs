@@ -12,6 +12,8 @@ pub mod ramp;
 pub mod replica_report;
 pub mod replicas;
 pub mod report;
+mod servers;
+mod staleness;
 pub mod standard;
 pub mod svg;
 pub mod tally;
