@@ -8,7 +8,7 @@ use std::{path::PathBuf, time::Duration};
 use tonic::{Code, Request};
 use uuid::Uuid;
 use velro_authz::{
-    audit::{AuditEvent, AuditFilter},
+    audit::AuditEvent,
     proto::{self, Decision, authenticate_request::Credentials},
     support::duration::HumanDuration,
 };
@@ -22,20 +22,6 @@ use crate::common::{
     world_server,
 };
 use crate::ext_authz::{ask, check};
-
-/// Every stored event (any kind).
-async fn all_events(db: &TestDb) -> Vec<AuditEvent> {
-    let store = db.store().await;
-    let events = store
-        .audit_events(&AuditFilter {
-            limit: 100_000,
-            ..AuditFilter::default()
-        })
-        .await
-        .unwrap();
-    store.close().await;
-    events
-}
 
 fn with_context(
     mut request: proto::AuthorizeRequest,
@@ -148,7 +134,7 @@ async fn text_that_cannot_be_stored_is_refused_at_the_edge() {
         assert_eq!(r.decision(), Decision::Allow);
     }
     let decisions = eventually(Duration::from_secs(10), "3 decision rows", || async {
-        let events = all_events(&w.db).await;
+        let events = w.db.audit_events().await;
         let n = events.iter().filter(|e| e.kind == "decision").count();
         match n {
             3 => Ok(n),
@@ -198,7 +184,7 @@ async fn a_poisoned_spill_file_is_dead_lettered_and_every_other_event_lands() {
     })
     .await;
     let landed = eventually(Duration::from_secs(10), "5 replayed rows", || async {
-        let events = all_events(&db).await;
+        let events = db.audit_events().await;
         let spilled: Vec<AuditEvent> = events
             .into_iter()
             .filter(|e| e.subject == "spilled")
@@ -309,7 +295,8 @@ async fn decisions_answered_during_an_outage_survive_a_sigkill() {
     let mut restarted = serve(&config, &url, grpc, ops, &[]);
     let total = users.len() + DURING;
     let rows = eventually(Duration::from_secs(30), "every decision stored", || async {
-        let n = all_events(&db)
+        let n = db
+            .audit_events()
             .await
             .iter()
             .filter(|e| e.kind == "decision")
@@ -399,11 +386,12 @@ async fn security_events_are_audit_events() {
         ("token_rejected", 3),
     ];
     let events = eventually(Duration::from_secs(10), "every security event", || async {
-        let events: Vec<AuditEvent> = all_events(&w.db)
-            .await
-            .into_iter()
-            .filter(|e| e.kind == "auth")
-            .collect();
+        let events: Vec<AuditEvent> =
+            w.db.audit_events()
+                .await
+                .into_iter()
+                .filter(|e| e.kind == "auth")
+                .collect();
         let counts: Vec<(&str, usize)> = expected
             .iter()
             .map(|(d, _)| (*d, events.iter().filter(|e| e.decision == *d).count()))
@@ -470,7 +458,7 @@ async fn admin_rpcs_are_audited() {
     );
     let verbs = ["kill_switches_listed", "audit_queried", "admin_refused"];
     eventually(Duration::from_secs(10), "admin events", || async {
-        let events = all_events(&db).await;
+        let events = db.audit_events().await;
         let seen: Vec<usize> = verbs
             .iter()
             .map(|v| {

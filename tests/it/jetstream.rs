@@ -6,14 +6,14 @@
 use std::{collections::BTreeSet, time::Duration};
 
 use velro_authz::{
-    audit::AuditFilter,
-    proto::{self, Decision},
+    proto::{self, Decision, authorization_service_client::AuthorizationServiceClient},
     support::duration::HumanDuration,
 };
 
 use crate::common::{
     Db, TestDb, TestServer, eventually,
     fixture::{World, authorize},
+    http_get,
     nats::PrivateNats,
     process::{connect, free_port, serve},
     world_server,
@@ -57,16 +57,22 @@ async fn stream_holds(nats: &PrivateNats, expected: &BTreeSet<String>) {
     );
 }
 
+/// `n` Authorize calls through a plain client; their decision ids go to
+/// `ids`.
+async fn decide_over_grpc(
+    client: &mut AuthorizationServiceClient<tonic::transport::Channel>,
+    w: &World,
+    n: usize,
+    ids: &mut BTreeSet<String>,
+) {
+    for request in requests(w, n) {
+        let answer = client.authorize(request).await.unwrap().into_inner();
+        ids.insert(answer.decision_id);
+    }
+}
+
 async fn rows(db: &TestDb) -> usize {
-    let store = db.store().await;
-    let events = store
-        .audit_events(&AuditFilter {
-            limit: 100_000,
-            ..AuditFilter::default()
-        })
-        .await
-        .unwrap();
-    store.close().await;
+    let events = db.audit_events().await;
     events.iter().filter(|e| e.kind == "decision").count()
 }
 
@@ -134,31 +140,27 @@ async fn a_sigkill_during_a_broker_outage_loses_nothing_spilled() {
     let mut server = serve(&config, &db.url, grpc, ops, &[]);
     let mut client = connect(grpc).await;
     let mut ids = BTreeSet::new();
-    for request in requests(&w, 20) {
-        ids.insert(
-            client
-                .authorize(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .decision_id,
-        );
-    }
+    decide_over_grpc(&mut client, &w, 20, &mut ids).await;
     stream_holds(&nats, &ids).await;
     nats.stop();
-    for request in requests(&w, 300) {
-        ids.insert(
-            client
-                .authorize(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .decision_id,
-        );
-    }
-    // The writer's failed publish (500 ms) moved its queue to the spill
-    // file; then the process dies without any chance to flush.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    decide_over_grpc(&mut client, &w, 300, &mut ids).await;
+    // The writer's failed publish (500 ms) moves its queue to the spill
+    // file; once all 300 are there the process dies without any chance to
+    // flush.
+    let ops = std::net::SocketAddr::from(([127, 0, 0, 1], ops));
+    eventually(Duration::from_secs(30), "300 events spilled", || async {
+        let (_, body) = http_get(ops, "/metrics").await;
+        let spilled: f64 = body
+            .lines()
+            .find_map(|l| l.strip_prefix("velro_authz_audit_events_spilled_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        match spilled >= 300.0 {
+            true => Ok(()),
+            false => Err(format!("{spilled} spilled")),
+        }
+    })
+    .await;
     server.kill().await.unwrap();
     nats.resume().await;
     let (grpc, ops) = (free_port(), free_port());

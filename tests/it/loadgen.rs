@@ -41,8 +41,8 @@ fn assert_clean(r: &ScenarioResult, requests: u64, decisions: u64) {
     assert!(all.latency_ms.max > 0.0);
 }
 
-#[tokio::test]
-async fn short_runs_open_and_closed_loop() {
+/// A PostgreSQL database holding a small reference workload.
+async fn seeded() -> (TestDb, WorkloadId) {
     let db = TestDb::create(Db::Postgres).await;
     let id = WorkloadId {
         seed: 11,
@@ -53,6 +53,12 @@ async fn short_runs_open_and_closed_loop() {
         .insert_dataset(&workload::generate(id.scale, id.seed))
         .await
         .unwrap();
+    (db, id)
+}
+
+#[tokio::test]
+async fn short_runs_open_and_closed_loop() {
+    let (db, id) = seeded().await;
     let server = TestServer::start(settings(&db.url)).await;
     let addr = server.server.as_ref().unwrap().grpc_addr.to_string();
     let dir = tempfile::tempdir().unwrap();
@@ -167,16 +173,7 @@ async fn short_runs_open_and_closed_loop() {
 /// each replica decides its share, every answer right.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_are_spread_over_several_targets() {
-    let db = TestDb::create(Db::Postgres).await;
-    let id = WorkloadId {
-        seed: 11,
-        scale: 0.01,
-    };
-    db.store()
-        .await
-        .insert_dataset(&workload::generate(id.scale, id.seed))
-        .await
-        .unwrap();
+    let (db, id) = seeded().await;
     let replicas = [
         TestServer::start(settings(&db.url)).await,
         TestServer::start(settings(&db.url)).await,

@@ -49,6 +49,20 @@ pub struct TestDb {
 }
 
 impl TestDb {
+    /// Every stored audit event (any kind), newest first.
+    pub async fn audit_events(&self) -> Vec<velro_authz::audit::AuditEvent> {
+        let store = self.store().await;
+        let events = store
+            .audit_events(&velro_authz::audit::AuditFilter {
+                limit: 100_000,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        store.close().await;
+        events
+    }
+
     pub async fn create(kind: Db) -> TestDb {
         let name = format!("velro_test_{}", Uuid::new_v4().simple());
         match kind {
