@@ -126,13 +126,17 @@ async fn settle_audit(servers: &[Server]) {
     eprintln!("the replicas' audit had not caught up after {AUDIT_SETTLE_AT_MOST:?}");
 }
 
-/// Commands the Redis server has processed so far (`INFO stats`).
-async fn redis_commands(url: Option<&str>) -> Option<f64> {
+/// A connection to the run's Redis, opened once, for its counters.
+async fn redis_connection(url: Option<&str>) -> Option<redis::aio::MultiplexedConnection> {
     let client = redis::Client::open(url?).ok()?;
-    let mut connection = client.get_multiplexed_async_connection().await.ok()?;
+    client.get_multiplexed_async_connection().await.ok()
+}
+
+/// Commands the Redis server has processed so far (`INFO stats`).
+async fn redis_commands(connection: &mut Option<redis::aio::MultiplexedConnection>) -> Option<f64> {
     let info: String = redis::cmd("INFO")
         .arg("stats")
-        .query_async(&mut connection)
+        .query_async(connection.as_mut()?)
         .await
         .ok()?;
     info.lines()
@@ -199,7 +203,7 @@ pub async fn run(
             "idle replica CPU ms per second (change-log follower and timers)".into(),
             idle_cpu_ms_per_second(&servers, Duration::from_secs(10)).await,
         );
-        let redis = options.redis_url.as_deref();
+        let mut redis = redis_connection(options.redis_url.as_deref()).await;
         // Warm every replica with the hot and batch requests first, so that
         // one replica's run does not pay the cold start the others skip.
         let everyone: Vec<&str> = servers.iter().map(|s| s.addr.as_str()).collect();
@@ -239,7 +243,7 @@ pub async fn run(
                     };
                     eprintln!("running {stem} across {count} replica(s) …");
                     let before = futures::future::join_all(targets.iter().map(sample)).await;
-                    let commands_before = redis_commands(redis).await;
+                    let commands_before = redis_commands(&mut redis).await;
                     let stop = AtomicBool::new(false);
                     let (scenario, seen) = tokio::join!(
                         async {
@@ -252,7 +256,7 @@ pub async fn run(
                     let (mut scenario, seen) = (scenario?, seen?);
                     settle_audit(targets).await;
                     let after = futures::future::join_all(targets.iter().map(sample)).await;
-                    let commands = match (commands_before, redis_commands(redis).await) {
+                    let commands = match (commands_before, redis_commands(&mut redis).await) {
                         (Some(b), Some(a)) => Some(a - b),
                         _ => None,
                     };
