@@ -5,7 +5,12 @@ use std::{sync::Arc, time::Instant};
 use tonic::{Request, Response, Status};
 
 use crate::{
-    api::{admin, authenticate, status::wire_status, transport::callers::Caller, validate},
+    api::{
+        admin, authenticate,
+        status::wire_status,
+        transport::{callers::Caller, connections::ConnInfo, pushback::Pushback},
+        validate,
+    },
     audit::AuditLog,
     auth::Authenticator,
     engine::{Decision, Engine, layer::Obligation, permissions::PermissionSource},
@@ -24,6 +29,8 @@ pub struct AuthzService {
     audit: Arc<AuditLog>,
     /// Admin RPCs use a pool of their own.
     admin_store: Arc<dyn Store>,
+    /// Shed logins retried too early get their refusal at the retry time.
+    pushback: Pushback,
 }
 
 impl AuthzService {
@@ -36,7 +43,12 @@ impl AuthzService {
         audit: Arc<AuditLog>,
         admin_store: Arc<dyn Store>,
     ) -> Self {
+        let pushback = Pushback::new(
+            auth.hashing().max_wait(),
+            metrics.transport.early_retries_held.clone(),
+        );
         AuthzService {
+            pushback,
             engine,
             auth,
             metrics,
@@ -192,8 +204,13 @@ impl AuthorizationService for AuthzService {
         &self,
         request: Request<proto::AuthenticateRequest>,
     ) -> Result<Response<proto::AuthenticateResponse>, Status> {
-        let started = Instant::now();
+        let (started, arrived) = (Instant::now(), tokio::time::Instant::now());
         let result = authenticate::authenticate(&self.auth, request.get_ref()).await;
+        let conn = request.extensions().get::<ConnInfo>();
+        let result = self
+            .pushback
+            .answer(conn.map(|c| &c.state.retry), arrived, result)
+            .await;
         self.answer("Authenticate", started, result)
     }
 

@@ -140,6 +140,11 @@ impl PasswordHashing {
         })
     }
 
+    /// How long a login may wait for a hashing thread (`password_max_wait`).
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+
     /// The measured time of one hash (smoothed).
     pub fn hash_time(&self) -> Duration {
         self.queue.service_time()

@@ -93,6 +93,72 @@ async fn a_login_that_cannot_start_in_time_is_refused_at_once_and_audited() {
     w.server.stop().await;
 }
 
+/// A client that asks again before the retry time it was given (a retry
+/// loop without backoff) gets its next refusal no sooner than that time;
+/// a client on a connection of its own is still refused at once. Judged
+/// by the server's own counter and by a lower bound on the wait (a hold
+/// is a timer: a slow machine can only make it longer).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_to_an_early_retry_waits_for_the_time_given() {
+    let w = auth_server(Db::Sqlite, |s| {
+        // One hashing thread busy for several budgets with one hash.
+        s.argon2_memory_kib = 64 * 1024;
+        s.argon2_iterations = 16;
+        s.password_workers = 1;
+        s.password_max_wait = HumanDuration(Duration::from_millis(150));
+    })
+    .await;
+    let addr = w.server.server.as_ref().map(|s| s.grpc_addr).unwrap();
+    let mut other = crate::common::TestServer::connect(addr).await;
+    let password = |user| proto::AuthenticateRequest {
+        credentials: Some(Credentials::Password(proto::PasswordCredentials {
+            email: w.email(user),
+            password: PASSWORD.into(),
+        })),
+        context: None,
+    };
+    let retries = async {
+        // Let the first login take the thread.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let first = w.login(w.world.editor, PASSWORD).await;
+        let answered = std::time::Instant::now();
+        let (early, elsewhere) = tokio::join!(
+            async {
+                let early = w.login(w.world.admin, PASSWORD).await;
+                (early, answered.elapsed())
+            },
+            other.authenticate(password(w.world.owner)),
+        );
+        (first, early, elsewhere.map(|r| r.into_inner()))
+    };
+    let (busy, (first, (early, waited), elsewhere)) =
+        tokio::join!(w.login(w.world.viewer, PASSWORD), retries);
+    assert!(
+        busy.is_ok(),
+        "the login that found the thread free: {busy:?}"
+    );
+    for refused in [&first, &early, &elsewhere] {
+        let status = refused
+            .as_ref()
+            .err()
+            .unwrap_or_else(|| panic!("a login while a long hash runs is refused: {refused:?}"));
+        assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+        assert!(status.get_details_retry_info().is_some(), "{status:?}");
+    }
+    assert_eq!(
+        w.server
+            .metric("velro_authz_early_retries_held_total")
+            .await,
+        1.0,
+        "the early retry is held; the first refusal and the other connection's are not"
+    );
+    assert!(
+        waited >= Duration::from_millis(100),
+        "the early retry was refused {waited:?} after the first refusal, before its time (150 ms)"
+    );
+    w.server.stop().await;
+}
+
 /// Warming never delays a login: a warm-up computes nothing while a login
 /// is in progress. Six logins at once on one hashing thread: the first
 /// one's warm-up (deferred 50 ms after it) would otherwise run while the

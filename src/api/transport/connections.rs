@@ -21,7 +21,7 @@ use futures::task::AtomicWaker;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::net::TcpStream;
 
-use super::guarded_io::GuardedIo;
+use super::{guarded_io::GuardedIo, pushback::GivenRetry};
 use crate::support::metrics::Metrics;
 
 /// The bounds of one listening port.
@@ -78,6 +78,8 @@ pub struct ConnState {
     pub(super) pending_bytes: AtomicUsize,
     pub(super) killed: Mutex<Option<Close>>,
     pub(super) waker: AtomicWaker,
+    /// The retry time last given to this connection's client.
+    pub retry: GivenRetry,
 }
 
 impl ConnState {
@@ -269,6 +271,7 @@ impl Connections {
             pending_bytes: AtomicUsize::new(0),
             killed: Mutex::new(None),
             waker: AtomicWaker::new(),
+            retry: GivenRetry::default(),
         });
         if let Ok(mut live) = self.live.lock() {
             live.insert(id, state.clone());

@@ -22,6 +22,7 @@ pub mod connections;
 pub mod deadline;
 pub mod guarded_io;
 pub mod listener;
+pub mod pushback;
 pub mod tls;
 pub mod trace;
 

@@ -44,6 +44,7 @@ pub struct TransportMetrics {
     pub accept_errors: Family<PortLabels, Counter>,
     pub in_flight: Gauge,
     pub shed: Family<ShedLabels, Counter>,
+    pub early_retries_held: Counter,
     pub response_bytes_pending: Gauge,
     /// Microseconds, set at each scrape.
     pub runtime_lag_us: Gauge,
@@ -82,6 +83,12 @@ impl TransportMetrics {
             "Requests answered RESOURCE_EXHAUSTED at once because the replica was beyond \
              capacity, by signal",
             self.shed.clone(),
+        );
+        registry.register(
+            "early_retries_held",
+            "Refusals held until the retry time their connection was given, because the \
+             client asked again before it (at most password_max_wait)",
+            self.early_retries_held.clone(),
         );
         registry.register(
             "response_bytes_pending",
