@@ -166,9 +166,6 @@ pub async fn connect(url: &str, pool: &PoolConfig) -> Result<Arc<dyn Store>, Aut
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(5))
-            // Checkpoints run in the background (`write_turns`), not in
-            // whichever commit fills the WAL.
-            .pragma("wal_autocheckpoint", "0")
             .foreign_keys(true);
         let turns = write_turns::for_file(options.get_filename());
         let pool = SqlitePoolOptions::new()
@@ -177,7 +174,6 @@ pub async fn connect(url: &str, pool: &PoolConfig) -> Result<Arc<dyn Store>, Aut
             .connect_with(options)
             .await
             .map_err(unreachable)?;
-        turns.checkpoint_in_background(&pool);
         Ok(Arc::new(SqliteStore::new(pool).with_write_turns(turns)))
     } else {
         Err(AuthzError::invalid(format!(

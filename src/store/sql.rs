@@ -180,7 +180,7 @@ macro_rules! sql_store {
             /// Waits for this store's turn to write, where writes take turns.
             pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
                 match &self.write_turns {
-                    Some(turns) => Some(turns.turn().await),
+                    Some(turns) => Some(turns.lock().await),
                     None => None,
                 }
             }
