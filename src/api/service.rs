@@ -29,7 +29,8 @@ pub struct AuthzService {
     audit: Arc<AuditLog>,
     /// Admin RPCs use a pool of their own.
     admin_store: Arc<dyn Store>,
-    /// Shed logins retried too early get their refusal at the retry time.
+    /// An Authenticate refusal with a retry time (a shed login), asked
+    /// again too early on its connection, is answered at that time.
     pushback: Pushback,
 }
 
@@ -204,12 +205,16 @@ impl AuthorizationService for AuthzService {
         &self,
         request: Request<proto::AuthenticateRequest>,
     ) -> Result<Response<proto::AuthenticateResponse>, Status> {
-        let (started, arrived) = (Instant::now(), tokio::time::Instant::now());
+        let started = Instant::now();
         let result = authenticate::authenticate(&self.auth, request.get_ref()).await;
         let conn = request.extensions().get::<ConnInfo>();
         let result = self
             .pushback
-            .answer(conn.map(|c| &c.state.retry), arrived, result)
+            .answer(
+                conn.map(|c| &c.state.retry),
+                tokio::time::Instant::from_std(started),
+                result,
+            )
             .await;
         self.answer("Authenticate", started, result)
     }

@@ -1,10 +1,11 @@
 //! The one task that writes audit events: batches from the queue go to the
 //! JSON lines sink, the database and/or the JetStream stream. When a sink
 //! cannot be reached the writer spills at once, the whole queue included,
-//! and keeps spilling until a replay of the spill file gets through. A replay goes one chunk
-//! at a time between live batches, and only while the live queue is empty
-//! and logins have paused, so catching up never starves the live queue
-//! (which would spill again) nor takes a core from a login's hash. A batch
+//! and keeps spilling until a replay of the spill file gets through. A
+//! replay goes one chunk at a time between live batches, and only while
+//! the live queue is empty and logins have paused, so catching up never
+//! starves the live queue (which would spill again) nor takes a core from
+//! a login's hash. A batch
 //! the database refuses for its content is split until the bad events are
 //! isolated: they are dead-lettered with the reason, the others written.
 //! Nothing waits behind one bad event.

@@ -94,12 +94,12 @@ async fn a_login_that_cannot_start_in_time_is_refused_at_once_and_audited() {
 }
 
 /// A client that asks again before the retry time it was given (a retry
-/// loop without backoff) gets its next refusal no sooner than that time;
-/// a client on a connection of its own is still refused at once. Judged
-/// by the server's own counter and by a lower bound on the wait (a hold
-/// is a timer: a slow machine can only make it longer).
+/// loop without backoff) gets its next refusal held; a client on a
+/// connection of its own is still refused at once. Judged by the server's
+/// own counter, not by wall time (how long a hold lasts is the unit test's,
+/// on a paused clock).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_refusal_to_an_early_retry_waits_for_the_time_given() {
+async fn a_refusal_to_an_early_retry_is_held_and_another_connections_is_not() {
     let w = auth_server(Db::Sqlite, |s| {
         // One hashing thread busy for several budgets with one hash.
         s.argon2_memory_kib = 64 * 1024;
@@ -121,17 +121,13 @@ async fn a_refusal_to_an_early_retry_waits_for_the_time_given() {
         // Let the first login take the thread.
         tokio::time::sleep(Duration::from_millis(20)).await;
         let first = w.login(w.world.editor, PASSWORD).await;
-        let answered = std::time::Instant::now();
         let (early, elsewhere) = tokio::join!(
-            async {
-                let early = w.login(w.world.admin, PASSWORD).await;
-                (early, answered.elapsed())
-            },
+            w.login(w.world.admin, PASSWORD),
             other.authenticate(password(w.world.owner)),
         );
         (first, early, elsewhere.map(|r| r.into_inner()))
     };
-    let (busy, (first, (early, waited), elsewhere)) =
+    let (busy, (first, early, elsewhere)) =
         tokio::join!(w.login(w.world.viewer, PASSWORD), retries);
     assert!(
         busy.is_ok(),
@@ -151,10 +147,6 @@ async fn a_refusal_to_an_early_retry_waits_for_the_time_given() {
             .await,
         1.0,
         "the early retry is held; the first refusal and the other connection's are not"
-    );
-    assert!(
-        waited >= Duration::from_millis(100),
-        "the early retry was refused {waited:?} after the first refusal, before its time (150 ms)"
     );
     w.server.stop().await;
 }

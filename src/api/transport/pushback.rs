@@ -11,10 +11,7 @@
 //! same cores as the decisions, and Authorize answered half as many
 //! requests with a p99 half again as long as while the same logins queued.
 
-use std::{
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{sync::Mutex, time::Duration};
 
 use prometheus_client::metrics::counter::Counter;
 use tokio::{sync::Semaphore, time::Instant};
@@ -43,21 +40,22 @@ impl GivenRetry {
         (window.given <= arrived && arrived < window.until).then_some(window.until)
     }
 
-    /// Records a refusal answered at `given` with `retry_after`.
+    /// Records a refusal answered at `given` with `retry_after` (a window
+    /// that ends later is kept).
     fn give(&self, given: Instant, retry_after: Duration) {
         let until = given + retry_after;
-        if let Ok(mut window) = self.0.lock() {
-            match &mut *window {
-                Some(w) if w.until >= until => w.given = w.given.max(given),
-                _ => *window = Some(Window { given, until }),
-            }
+        if let Ok(mut window) = self.0.lock()
+            && window.is_none_or(|w| w.until < until)
+        {
+            *window = Some(Window { given, until });
         }
     }
 }
 
 /// Holds refusals answered to early retries (see the module's doc).
 pub struct Pushback {
-    held: Arc<Semaphore>,
+    held: Semaphore,
+    /// Also the longest window recorded, so the longest hold.
     max_hold: Duration,
     counted: Counter,
 }
@@ -65,7 +63,7 @@ pub struct Pushback {
 impl Pushback {
     pub fn new(max_hold: Duration, counted: Counter) -> Self {
         Pushback {
-            held: Arc::new(Semaphore::new(MAX_HELD)),
+            held: Semaphore::new(MAX_HELD),
             max_hold,
             counted,
         }
@@ -84,15 +82,14 @@ impl Pushback {
             return result;
         };
         let hold = conn.early_until(arrived).map_or(Duration::ZERO, |until| {
+            // A tenth of the time left is kept, so that the answer is this
+            // refusal and not DEADLINE_EXCEEDED.
             let left = deadline::remaining().map_or(self.max_hold, |d| d.mul_f64(0.9));
-            until
-                .saturating_duration_since(Instant::now())
-                .min(self.max_hold)
-                .min(left)
+            until.saturating_duration_since(Instant::now()).min(left)
         });
         let permit = match hold.is_zero() {
             true => None,
-            false => self.held.clone().try_acquire_owned().ok(),
+            false => self.held.try_acquire().ok(),
         };
         if permit.is_some() {
             self.counted.inc();
