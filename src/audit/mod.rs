@@ -150,13 +150,18 @@ impl AuditLog {
             Err(
                 mpsc::error::TrySendError::Full(event) | mpsc::error::TrySendError::Closed(event),
             ) => {
-                self.metrics.ops.audit_spilled.inc();
                 let events = [event];
                 self.sink.write(&events);
-                if let Err(e) = self.spill.append(&events) {
-                    // Nowhere left to put it: say so loudly, with the event.
-                    self.metrics.ops.audit_lost.inc();
-                    tracing::error!("audit event lost: cannot write the spill file: {e}");
+                match self.spill.append(&events) {
+                    // Counted once it is in the file, as the writer does.
+                    Ok(()) => {
+                        self.metrics.ops.audit_spilled.inc();
+                    }
+                    Err(e) => {
+                        // Nowhere left to put it: say so loudly.
+                        self.metrics.ops.audit_lost.inc();
+                        tracing::error!("audit event lost: cannot write the spill file: {e}");
+                    }
                 }
             }
         }

@@ -378,10 +378,16 @@ impl Writer {
         if events.is_empty() {
             return;
         }
-        self.metrics.ops.audit_spilled.inc_by(events.len() as u64);
-        if let Err(e) = self.spill.append(events) {
-            self.metrics.ops.audit_lost.inc_by(events.len() as u64);
-            tracing::error!("{} audit events lost: {e}", events.len());
+        // Counted once in the file (and on disk, with `fsync = batch`): a
+        // reader of the counter may rely on them being there.
+        match self.spill.append(events) {
+            Ok(()) => {
+                self.metrics.ops.audit_spilled.inc_by(events.len() as u64);
+            }
+            Err(e) => {
+                self.metrics.ops.audit_lost.inc_by(events.len() as u64);
+                tracing::error!("{} audit events lost: {e}", events.len());
+            }
         }
     }
 
