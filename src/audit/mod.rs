@@ -9,6 +9,7 @@
 
 mod bursts;
 pub mod jetstream;
+mod overflow;
 mod spill;
 mod writer;
 
@@ -23,6 +24,7 @@ use crate::{
     store::Store,
     support::{clock::now_ms, duration::HumanDuration, foreground::Foreground, metrics::Metrics},
 };
+use overflow::Overflow;
 pub use spill::Spill;
 
 /// `[audit]` in the TOML file.
@@ -87,8 +89,8 @@ impl Default for AuditConfig {
 /// The sending side, shared by every layer and RPC that records events.
 pub struct AuditLog {
     queue: mpsc::Sender<AuditEvent>,
-    spill: Arc<Spill>,
-    sink: Arc<writer::JsonLines>,
+    /// Where an event goes when the queue is full.
+    overflow: Arc<Overflow>,
     metrics: Arc<Metrics>,
 }
 
@@ -114,10 +116,15 @@ impl AuditLog {
         let (queue, receiver) = mpsc::channel(config.queue.max(1));
         let spill = Arc::new(Spill::open(&config.spill_path, config.fsync)?);
         let sink = Arc::new(writer::JsonLines::open(config.json_lines.as_deref())?);
-        let log = Arc::new(AuditLog {
-            queue,
+        let overflow = Overflow::start(overflow::Targets {
             spill: spill.clone(),
             sink: sink.clone(),
+            metrics: metrics.clone(),
+        })?;
+        let overflow = Arc::new(overflow);
+        let log = Arc::new(AuditLog {
+            queue,
+            overflow: overflow.clone(),
             metrics: metrics.clone(),
         });
         let task = tokio::spawn(
@@ -127,6 +134,7 @@ impl AuditLog {
                 stream,
                 spill,
                 sink,
+                overflow,
                 bursts: bursts::Bursts::new(config.burst_denials, config.burst_window.0),
                 batch: config.batch.max(1),
                 replay_every: config.replay_every.0,
@@ -143,27 +151,14 @@ impl AuditLog {
     }
 
     /// Hands an event to the writer without waiting; when the queue is full
-    /// the event goes to the spill file instead (never dropped).
+    /// the event goes to the spill file instead, by the overflow thread
+    /// (never dropped).
     pub fn record(&self, event: AuditEvent) {
         match self.queue.try_send(event) {
             Ok(()) => {}
             Err(
                 mpsc::error::TrySendError::Full(event) | mpsc::error::TrySendError::Closed(event),
-            ) => {
-                let events = [event];
-                self.sink.write(&events);
-                match self.spill.append(&events) {
-                    // Counted once it is in the file, as the writer does.
-                    Ok(()) => {
-                        self.metrics.ops.audit_spilled.inc();
-                    }
-                    Err(e) => {
-                        // Nowhere left to put it: say so loudly.
-                        self.metrics.ops.audit_lost.inc();
-                        tracing::error!("audit event lost: cannot write the spill file: {e}");
-                    }
-                }
-            }
+            ) => self.overflow.spill(event),
         }
     }
 

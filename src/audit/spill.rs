@@ -19,6 +19,7 @@ use std::{
 use serde_json::json;
 
 use super::{AuditEvent, FsyncPolicy};
+use crate::support::metrics::Metrics;
 
 pub struct Spill {
     path: PathBuf,
@@ -95,6 +96,27 @@ impl Spill {
             FsyncPolicy::Off => {}
         }
         Ok(())
+    }
+
+    /// Appends and counts: `audit_events_spilled` once the events are in
+    /// the file (a reader of the counter may rely on that), or
+    /// `audit_events_lost`, logged, when the file cannot be written.
+    pub fn append_counted(&self, events: &[AuditEvent], metrics: &Metrics) {
+        if events.is_empty() {
+            return;
+        }
+        match self.append(events) {
+            Ok(()) => {
+                metrics.ops.audit_spilled.inc_by(events.len() as u64);
+            }
+            Err(e) => {
+                metrics.ops.audit_lost.inc_by(events.len() as u64);
+                tracing::error!(
+                    "{} audit events lost: cannot write the spill file: {e}",
+                    events.len()
+                );
+            }
+        }
     }
 
     /// Forces what was appended to disk (`fsync = interval`, on its timer).

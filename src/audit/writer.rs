@@ -20,7 +20,9 @@ use tokio::{
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{AuditEvent, Spill, bursts::Bursts, jetstream::JetStreamSink, spill};
+use super::{
+    AuditEvent, Spill, bursts::Bursts, jetstream::JetStreamSink, overflow::Overflow, spill,
+};
 use crate::{
     error::AuthzError,
     store::Store,
@@ -119,6 +121,8 @@ pub struct Writer {
     pub stream: Option<JetStreamSink>,
     pub spill: Arc<Spill>,
     pub sink: Arc<JsonLines>,
+    /// Where events that found the queue full went (flushed at the end).
+    pub overflow: Arc<Overflow>,
     pub bursts: Bursts,
     pub batch: usize,
     pub replay_every: Duration,
@@ -199,6 +203,8 @@ impl Writer {
             }
             self.write(events).await;
         }
+        // Events that found the queue full are in the file too.
+        self.overflow.flushed().await;
         self.spill.sync();
     }
 
@@ -375,20 +381,7 @@ impl Writer {
     }
 
     fn spill(&self, events: &[AuditEvent]) {
-        if events.is_empty() {
-            return;
-        }
-        // Counted once in the file (and on disk, with `fsync = batch`): a
-        // reader of the counter may rely on them being there.
-        match self.spill.append(events) {
-            Ok(()) => {
-                self.metrics.ops.audit_spilled.inc_by(events.len() as u64);
-            }
-            Err(e) => {
-                self.metrics.ops.audit_lost.inc_by(events.len() as u64);
-                tracing::error!("{} audit events lost: {e}", events.len());
-            }
-        }
+        self.spill.append_counted(events, &self.metrics);
     }
 
     fn dead_letter(&self, events: &[AuditEvent], why: &str) {
