@@ -276,6 +276,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         .clone()
         .map(|path| reload::RolloutFile::new(path, rollout));
     let key_watch = tokio::spawn(reload::watch(keys, tls.clone(), rollout_file));
+    let audit_at_stop = audit.clone();
     let task = tokio::spawn(async move {
         let cut_off = tokio::spawn(cut_off);
         let (grpc, ops, ()) = tokio::join!(grpc, ops, drainer);
@@ -286,6 +287,7 @@ pub async fn start(settings: &Settings) -> Result<RunningServer, AuthzError> {
         }
         // The audit writer has seen the stop: it writes what is queued.
         let _ = audit_writer.await;
+        audit_at_stop.flushed().await;
         stores.close().await;
         grpc.map_err(|e| AuthzError::Internal(format!("gRPC server failed: {e}")))?;
         ops.map_err(|e| AuthzError::Internal(format!("ops server failed: {e}")))?;

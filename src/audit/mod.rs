@@ -162,6 +162,13 @@ impl AuditLog {
         }
     }
 
+    /// Waits until the events that found the queue full are in the spill
+    /// file: the server's last step, once every request is answered (the
+    /// writer stops beside them, so the last ones may overflow).
+    pub async fn flushed(&self) {
+        self.overflow.flushed().await;
+    }
+
     /// Events queued and not yet taken by the writer.
     pub fn queued(&self) -> usize {
         self.queue.max_capacity() - self.queue.capacity()

@@ -78,7 +78,8 @@ impl Overflow {
     }
 
     /// Waits until every event handed over before this call is in the
-    /// file (the writer's last step at shutdown).
+    /// file, synced as `fsync` says (at shutdown: by the writer, and once
+    /// the last request is answered).
     pub async fn flushed(&self) {
         let (done, wait) = tokio::sync::oneshot::channel();
         let sender = self.sender.clone();
@@ -87,6 +88,7 @@ impl Overflow {
         if matches!(sent, Ok(Ok(()))) {
             let _ = wait.await;
         }
+        self.targets.spill.sync();
     }
 }
 
