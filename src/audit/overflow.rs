@@ -88,12 +88,12 @@ impl Overflow {
         if matches!(sent, Ok(Ok(()))) {
             let _ = wait.await;
         }
-        self.targets.spill.sync();
     }
 }
 
 /// The thread: takes what has gathered (at most `APPEND_AT_MOST`), appends
-/// it in one write, answers flush requests once what came before is in.
+/// it in one write, answers flush requests once what came before is in
+/// (and synced).
 fn drain(receiver: &Receiver<Message>, targets: &Targets) {
     let mut events = Vec::with_capacity(APPEND_AT_MOST);
     let mut flushes = Vec::new();
@@ -110,6 +110,9 @@ fn drain(receiver: &Receiver<Message>, targets: &Targets) {
         }
         targets.append(&events);
         events.clear();
+        if !flushes.is_empty() {
+            targets.spill.sync();
+        }
         for done in flushes.drain(..) {
             let _ = done.send(());
         }

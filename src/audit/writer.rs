@@ -188,7 +188,7 @@ impl Writer {
             }
             let now = Instant::now();
             if now >= next_sync {
-                self.spill.sync();
+                self.sync_spill().await;
                 next_sync = now + self.fsync_every;
             }
             if now >= next_replay {
@@ -203,9 +203,17 @@ impl Writer {
             }
             self.write(events).await;
         }
-        // Events that found the queue full are in the file too.
+        // Events that found the queue full are in the file too (and
+        // synced).
         self.overflow.flushed().await;
-        self.spill.sync();
+    }
+
+    /// Forces the spill file to disk (`fsync = interval`), off the runtime.
+    async fn sync_spill(&self) {
+        let spill = self.spill.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || spill.sync()).await {
+            tracing::error!("the audit spill file's sync did not finish: {e}");
+        }
     }
 
     /// Lets a short batch fill for up to `LINGER` (as a Kafka producer's
@@ -281,7 +289,7 @@ impl Writer {
         events.extend(alerts);
         self.sink.write(&events);
         if self.outage {
-            self.spill(&events);
+            self.spill(events).await;
             return;
         }
         self.insert(events, true).await;
@@ -336,20 +344,20 @@ impl Writer {
                     self.enter_outage(&why);
                     if spill {
                         match unsent {
-                            None => self.spill(&events),
+                            None => self.spill(events).await,
                             Some(unsent) => {
                                 let unsent: Vec<AuditEvent> = unsent
                                     .iter()
                                     .filter_map(|i| events.get(*i).cloned())
                                     .collect();
-                                self.spill(&unsent);
+                                self.spill(unsent).await;
                             }
                         }
-                        for rest in work.drain(..) {
-                            self.spill(&rest);
+                        for rest in std::mem::take(&mut work) {
+                            self.spill(rest).await;
                         }
                     }
-                    self.drain_queue_to_spill();
+                    self.drain_queue_to_spill().await;
                     return false;
                 }
             }
@@ -366,22 +374,34 @@ impl Writer {
 
     /// Moves everything queued to the spill file at once: in an outage the
     /// memory queue is the only thing a crash could lose.
-    fn drain_queue_to_spill(&mut self) {
+    async fn drain_queue_to_spill(&mut self) {
         let mut events = Vec::with_capacity(self.batch);
         while let Ok(event) = self.receiver.try_recv() {
             events.push(event);
             if events.len() == self.batch {
                 self.sink.write(&events);
-                self.spill(&events);
-                events.clear();
+                let full = std::mem::replace(&mut events, Vec::with_capacity(self.batch));
+                self.spill(full).await;
             }
         }
         self.sink.write(&events);
-        self.spill(&events);
+        self.spill(events).await;
     }
 
-    fn spill(&self, events: &[AuditEvent]) {
-        self.spill.append_counted(events, &self.metrics);
+    /// Appends to the spill file on a blocking thread (with `fsync =
+    /// batch` each append is also an fsync), and waits: when this returns
+    /// the events are in the file and counted.
+    async fn spill(&self, events: Vec<AuditEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let (spill, metrics, count) = (self.spill.clone(), self.metrics.clone(), events.len());
+        let appended =
+            tokio::task::spawn_blocking(move || spill.append_counted(&events, &metrics)).await;
+        if let Err(e) = appended {
+            self.metrics.ops.audit_lost.inc_by(count as u64);
+            tracing::error!("{count} audit events lost: the spill append did not finish: {e}");
+        }
     }
 
     fn dead_letter(&self, events: &[AuditEvent], why: &str) {
