@@ -90,7 +90,7 @@ impl Default for AuditConfig {
 pub struct AuditLog {
     queue: mpsc::Sender<AuditEvent>,
     /// Where an event goes when the queue is full.
-    overflow: Arc<Overflow>,
+    overflow: Overflow,
     metrics: Arc<Metrics>,
 }
 
@@ -121,10 +121,9 @@ impl AuditLog {
             sink: sink.clone(),
             metrics: metrics.clone(),
         })?;
-        let overflow = Arc::new(overflow);
         let log = Arc::new(AuditLog {
             queue,
-            overflow: overflow.clone(),
+            overflow,
             metrics: metrics.clone(),
         });
         let task = tokio::spawn(
@@ -134,7 +133,6 @@ impl AuditLog {
                 stream,
                 spill,
                 sink,
-                overflow,
                 bursts: bursts::Bursts::new(config.burst_denials, config.burst_window.0),
                 batch: config.batch.max(1),
                 replay_every: config.replay_every.0,

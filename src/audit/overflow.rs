@@ -78,8 +78,8 @@ impl Overflow {
     }
 
     /// Waits until every event handed over before this call is in the
-    /// file, synced as `fsync` says (at shutdown: by the writer, and once
-    /// the last request is answered).
+    /// file, and synced (the server's last step, once the last request is
+    /// answered).
     pub async fn flushed(&self) {
         let (done, wait) = tokio::sync::oneshot::channel();
         let sender = self.sender.clone();

@@ -5,10 +5,9 @@
 //! replay goes one chunk at a time between live batches, and only while
 //! the live queue is empty and logins have paused, so catching up never
 //! starves the live queue (which would spill again) nor takes a core from
-//! a login's hash. A batch
-//! the database refuses for its content is split until the bad events are
-//! isolated: they are dead-lettered with the reason, the others written.
-//! Nothing waits behind one bad event.
+//! a login's hash. A batch the database refuses for its content is split
+//! until the bad events are isolated: they are dead-lettered with the
+//! reason, the others written. Nothing waits behind one bad event.
 
 use std::{io::Write, path::PathBuf, sync::Arc, sync::Mutex, time::Duration};
 
@@ -20,9 +19,7 @@ use tokio::{
 use tracing::Instrument;
 use uuid::Uuid;
 
-use super::{
-    AuditEvent, Spill, bursts::Bursts, jetstream::JetStreamSink, overflow::Overflow, spill,
-};
+use super::{AuditEvent, Spill, bursts::Bursts, jetstream::JetStreamSink, spill};
 use crate::{
     error::AuthzError,
     store::Store,
@@ -121,8 +118,6 @@ pub struct Writer {
     pub stream: Option<JetStreamSink>,
     pub spill: Arc<Spill>,
     pub sink: Arc<JsonLines>,
-    /// Where events that found the queue full went (flushed at the end).
-    pub overflow: Arc<Overflow>,
     pub bursts: Bursts,
     pub batch: usize,
     pub replay_every: Duration,
@@ -203,9 +198,9 @@ impl Writer {
             }
             self.write(events).await;
         }
-        // Events that found the queue full are in the file too (and
-        // synced).
-        self.overflow.flushed().await;
+        // What found the queue full is flushed by the server once every
+        // request is answered (`AuditLog::flushed`).
+        self.sync_spill().await;
     }
 
     /// Forces the spill file to disk (`fsync = interval`), off the runtime.
