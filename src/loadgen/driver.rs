@@ -223,14 +223,22 @@ async fn send(
         .unwrap_or(Err(Code::DeadlineExceeded))
 }
 
+/// Counts `answers`; with an `expected` answer, checks them. An item the
+/// service did not decide (shed, timed out: its code) is an error, counted
+/// below, not a wrong answer; a decision that differs is, and so is a
+/// reply with another number of items than asked for.
 fn record(tally: &mut Tally, answers: Vec<Answer>, expected: Option<&Vec<bool>>, index: usize) {
     tally.decisions += answers.len() as u64;
     if let Some(expected) = expected {
         tally.checked += 1;
-        let got: Vec<Option<bool>> = answers.iter().map(|a| a.ok().map(|(d, _)| d)).collect();
-        let want: Vec<Option<bool>> = expected.iter().copied().map(Some).collect();
-        if got != want {
-            tally.mismatch(format!("data[{index}]: expected {want:?}, got {got:?}"));
+        let wrong = answers.len() != expected.len()
+            || answers
+                .iter()
+                .zip(expected)
+                .any(|(answer, want)| matches!(answer, Ok((got, _)) if got != want));
+        if wrong {
+            let got: Vec<Option<bool>> = answers.iter().map(|a| a.ok().map(|(d, _)| d)).collect();
+            tally.mismatch(format!("data[{index}]: expected {expected:?}, got {got:?}"));
         }
     }
     for answer in answers {
@@ -327,4 +335,35 @@ pub async fn run(
         }
     }
     Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn checked(answers: Vec<Answer>, expected: Vec<bool>) -> Tally {
+        let mut tally = Tally::new().unwrap();
+        record(&mut tally, answers, Some(&expected), 7);
+        tally
+    }
+
+    #[test]
+    fn an_undecided_item_is_an_error_and_a_different_decision_is_wrong() {
+        let allow = Ok((true, PermissionSource::None));
+        let deny = Ok((false, PermissionSource::None));
+        let shed = checked(vec![Err(Code::ResourceExhausted)], vec![false]);
+        assert_eq!((shed.mismatches, shed.checked), (0, 1));
+        assert_eq!(shed.errors.values().sum::<u64>(), 1);
+        let batch = checked(vec![allow, Err(Code::DeadlineExceeded)], vec![true, true]);
+        assert_eq!(batch.mismatches, 0);
+        let wrong = checked(vec![deny], vec![true]);
+        assert_eq!(wrong.mismatches, 1);
+        assert_eq!(
+            wrong.mismatch_samples,
+            ["data[7]: expected [true], got [Some(false)]"]
+        );
+        let short = checked(vec![allow], vec![true, false]);
+        assert_eq!(short.mismatches, 1);
+        assert_eq!(checked(vec![allow, deny], vec![true, false]).mismatches, 0);
+    }
 }
