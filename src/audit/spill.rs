@@ -132,6 +132,11 @@ impl Spill {
         }
     }
 
+    /// Something was appended since the last sync (a sync would write).
+    pub fn needs_sync(&self) -> bool {
+        self.dirty.load(Ordering::Acquire)
+    }
+
     /// Records events the database refused for their content, and why.
     pub fn dead_letter(&self, events: &[AuditEvent], reason: &str) -> Result<(), String> {
         let lines: Vec<String> = events

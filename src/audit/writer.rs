@@ -203,8 +203,12 @@ impl Writer {
         self.sync_spill().await;
     }
 
-    /// Forces the spill file to disk (`fsync = interval`), off the runtime.
+    /// Forces the spill file to disk (`fsync = interval`), off the runtime;
+    /// nothing to hand over when nothing was appended since the last sync.
     async fn sync_spill(&self) {
+        if !self.spill.needs_sync() {
+            return;
+        }
         let spill = self.spill.clone();
         if let Err(e) = tokio::task::spawn_blocking(move || spill.sync()).await {
             tracing::error!("the audit spill file's sync did not finish: {e}");
