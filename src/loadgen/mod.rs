@@ -59,6 +59,10 @@ pub struct RunOptions {
     /// Replaces every config's load with an open loop at this rate
     /// (requests a second) for the config's duration.
     pub rps: Option<f64>,
+    /// Sends every request of the data file once (from `start_at`) instead
+    /// of running for the config's duration: a warm-up that must cover the
+    /// whole file whatever the machine's speed.
+    pub one_pass: bool,
 }
 
 impl Default for RunOptions {
@@ -72,6 +76,7 @@ impl Default for RunOptions {
             connections: None,
             start_at: 0.0,
             rps: None,
+            one_pass: false,
         }
     }
 }
@@ -159,6 +164,15 @@ pub async fn run_scenario(path: &Path, options: &RunOptions) -> Result<ScenarioR
             }
         };
         let first = (options.start_at * workset.messages.len() as f64) as u64;
+        let plan = match options.one_pass {
+            true => Plan {
+                load: Load::Closed,
+                duration: None,
+                total: Some(workset.messages.len() as u64),
+                ..plan
+            },
+            false => plan,
+        };
         let tallies = driver::run(&plan, workset, options.check_every, first).await?;
         let rates: Vec<String> = match &plan.load {
             Load::Open(rates) => rates.iter().map(|r| format!("{:.0} rps", r.rps)).collect(),

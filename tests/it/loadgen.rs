@@ -126,6 +126,21 @@ async fn short_runs_open_and_closed_loop() {
         r.overall.sources
     );
 
+    // One pass sends every request of the file once, whatever the config's
+    // duration or rate says.
+    let timed = write_config(
+        dir.path(),
+        "timed",
+        &format!(r#"{authorize}, "duration": "600s", "rps": 5, "concurrency": 8"#),
+    );
+    let one_pass = RunOptions {
+        one_pass: true,
+        ..options.clone()
+    };
+    let r = run_scenario(&timed, &one_pass).await.unwrap();
+    assert_eq!(r.mode, "closed-loop");
+    assert_clean(&r, 300, 300);
+
     let r = run_scenario(&open, &options).await.unwrap();
     assert_eq!(r.mode, "open-loop");
     assert_clean(&r, 200, 200);
