@@ -51,6 +51,7 @@ async fn start_log(
 ) -> Arc<AuditLog> {
     let pool = PoolConfig {
         max_connections: 4,
+        min_connections: 0,
         acquire_timeout: Duration::from_secs(5),
     };
     let store = store::connect(url, &pool)

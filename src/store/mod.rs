@@ -142,6 +142,10 @@ pub trait Store:
 #[derive(Clone, Debug)]
 pub struct PoolConfig {
     pub max_connections: u32,
+    /// Connections opened at start-up and kept open (at most
+    /// `max_connections`): the first queries after a start or a quiet
+    /// spell do not pay for opening one.
+    pub min_connections: u32,
     pub acquire_timeout: Duration,
 }
 
@@ -154,6 +158,7 @@ pub async fn connect(url: &str, pool: &PoolConfig) -> Result<Arc<dyn Store>, Aut
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         let pool = PgPoolOptions::new()
             .max_connections(pool.max_connections)
+            .min_connections(pool.min_connections.min(pool.max_connections))
             .acquire_timeout(pool.acquire_timeout)
             .connect(url)
             .await
@@ -170,6 +175,7 @@ pub async fn connect(url: &str, pool: &PoolConfig) -> Result<Arc<dyn Store>, Aut
         let turns = write_turns::for_file(options.get_filename());
         let pool = SqlitePoolOptions::new()
             .max_connections(pool.max_connections)
+            .min_connections(pool.min_connections.min(pool.max_connections))
             .acquire_timeout(pool.acquire_timeout)
             .connect_with(options)
             .await

@@ -65,6 +65,7 @@ impl PoolSize {
     fn config(&self) -> PoolConfig {
         PoolConfig {
             max_connections: self.max_connections.max(1),
+            min_connections: 0,
             acquire_timeout: self.acquire_timeout.0,
         }
     }

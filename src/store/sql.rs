@@ -436,6 +436,7 @@ macro_rules! sql_store {
                 let options = self.pool.options();
                 super::PoolConfig {
                     max_connections: options.get_max_connections(),
+                    min_connections: options.get_min_connections(),
                     acquire_timeout: options.get_acquire_timeout(),
                 }
             }

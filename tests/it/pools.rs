@@ -251,3 +251,32 @@ async fn a_read_replica_serves_only_where_it_has_caught_up() {
     );
     server.stop().await;
 }
+
+/// The decisions pool opens `db_min_connections` at start-up, before any
+/// request, so the first misses do not wait for a new PostgreSQL backend.
+#[tokio::test]
+async fn the_decisions_pool_opens_its_minimum_at_start_up() {
+    let db = TestDb::create(Db::Postgres).await;
+    let mut s = settings(&db.url);
+    s.db_max_connections = 8;
+    s.db_min_connections = 6;
+    let server = TestServer::start(s).await;
+    let open = || async {
+        let sample = |state| {
+            format!("velro_authz_db_pool_connections{{pool=\"decisions\",state=\"{state}\"}}")
+        };
+        server.metric(&sample("idle")).await + server.metric(&sample("in_use")).await
+    };
+    eventually(
+        Duration::from_secs(5),
+        "six decision connections open before any request",
+        || async {
+            match open().await {
+                n if n >= 6.0 => Ok(()),
+                n => Err(format!("{n} open")),
+            }
+        },
+    )
+    .await;
+    server.stop().await;
+}

@@ -126,6 +126,7 @@ impl Settings {
     pub fn pool(&self) -> crate::store::PoolConfig {
         crate::store::PoolConfig {
             max_connections: self.db_max_connections,
+            min_connections: self.db_min_connections,
             acquire_timeout: self.db_acquire_timeout.0,
         }
     }

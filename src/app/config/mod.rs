@@ -61,6 +61,17 @@ pub struct Settings {
     )]
     pub db_max_connections: u32,
 
+    /// Decision-pool connections opened at start-up and kept open (at most
+    /// `db_max_connections`): a miss after a start or a quiet spell does
+    /// not wait for a new connection (and a new PostgreSQL backend).
+    #[arg(
+        long,
+        env = "VELRO_DB_MIN_CONNECTIONS",
+        default_value_t = 4,
+        global = true
+    )]
+    pub db_min_connections: u32,
+
     /// How long a query waits for a pooled connection before failing (UNAVAILABLE).
     #[arg(
         long,

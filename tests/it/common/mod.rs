@@ -108,6 +108,7 @@ impl TestDb {
     pub async fn store(&self) -> std::sync::Arc<dyn Store> {
         let pool = PoolConfig {
             max_connections: 4,
+            min_connections: 0,
             acquire_timeout: Duration::from_secs(5),
         };
         let store = store::connect(&self.url, &pool)
