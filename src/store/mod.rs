@@ -160,9 +160,9 @@ pub async fn connect(url: &str, pool: &PoolConfig) -> Result<Arc<dyn Store>, Aut
             .max_connections(pool.max_connections)
             .min_connections(pool.min_connections.min(pool.max_connections))
             .acquire_timeout(pool.acquire_timeout)
-            .connect(url)
-            .await
+            .connect_lazy(url)
             .map_err(unreachable)?;
+        open(&pool).await.map_err(unreachable)?;
         Ok(Arc::new(PgStore::new(pool)))
     } else if url.starts_with("sqlite:") {
         let options = SqliteConnectOptions::from_str(url)
@@ -177,9 +177,8 @@ pub async fn connect(url: &str, pool: &PoolConfig) -> Result<Arc<dyn Store>, Aut
             .max_connections(pool.max_connections)
             .min_connections(pool.min_connections.min(pool.max_connections))
             .acquire_timeout(pool.acquire_timeout)
-            .connect_with(options)
-            .await
-            .map_err(unreachable)?;
+            .connect_lazy_with(options);
+        open(&pool).await.map_err(unreachable)?;
         Ok(Arc::new(SqliteStore::new(pool).with_write_turns(turns)))
     } else {
         Err(AuthzError::invalid(format!(
@@ -187,6 +186,25 @@ pub async fn connect(url: &str, pool: &PoolConfig) -> Result<Arc<dyn Store>, Aut
             redact(url)
         )))
     }
+}
+
+/// Opens one connection (start-up fails at once on an unreachable
+/// database, within the acquire timeout), then the rest of the pool's
+/// `min_connections` in the background: a slow database delays them, not
+/// the start. sqlx keeps the minimum after that.
+async fn open<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> Result<(), sqlx::Error> {
+    drop(pool.acquire().await?);
+    let wanted = pool.options().get_min_connections();
+    if wanted > 1 {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            // Held together, so that each acquire opens a connection of its own.
+            let held = futures::future::join_all((0..wanted).map(|_| pool.acquire())).await;
+            let opened = held.iter().filter(|c| c.is_ok()).count();
+            tracing::debug!(opened, wanted, "the pool's minimum connections");
+        });
+    }
+    Ok(())
 }
 
 /// The URL without its secrets, for messages and logs.
