@@ -1,6 +1,6 @@
-//! `report --replicas N`: N servers on one PostgreSQL (and Redis), each on
-//! its own ports. Authorize hot, uniform and BatchAuthorize(50) run across
-//! the first n of them for n = 1..=N (open loop, the same rate per
+//! `report --replicas N`: for n = 1..=N, n servers started on one
+//! PostgreSQL (and Redis), each on its own ports. Authorize hot, uniform
+//! and BatchAuthorize(50) run across them (open loop, the same rate per
 //! replica), the connections spread round robin;
 //! for each: the aggregate, each replica's decisions, hit rate and CPU per
 //! 1,000 decisions (from /proc), and the staleness of plain SQL writes made
@@ -216,120 +216,149 @@ async fn warm(replicas: &[Server], config: &Path, data_dir: &Path) -> Result<(),
     Ok(())
 }
 
-/// Runs the replica scenarios; the replicas are stopped at the end.
+/// What stays the same across the replica counts of one report.
+struct Measuring<'a> {
+    options: &'a StandardOptions,
+    data_dir: &'a Path,
+    prober: Prober,
+    redis: Option<redis::aio::MultiplexedConnection>,
+    figures: ReplicaReport,
+}
+
+/// Runs the replica scenarios for n = 1..=N, each n on n replicas started
+/// for it (and stopped after it), so that no count inherits another's
+/// caches, heap or connections.
 pub async fn run(
     options: &StandardOptions,
     url: &str,
     data_dir: &Path,
     report: &mut RunReport,
 ) -> Result<(), LoadError> {
-    let mut servers: Vec<Server> = Vec::new();
-    let result = async {
-        for _ in 0..options.replicas {
-            let mut server = servers::start_server(options, url)?;
-            servers::wait_serving(&server.addr, &mut server.child).await?;
-            servers.push(server);
-        }
-        let mut clients = Vec::new();
-        for server in &servers {
-            clients.push(client(&server.addr).await?);
-        }
-        let mut prober = Prober::create(url).await?;
-        let mut figures = ReplicaReport::default();
-        eprintln!("measuring idle replicas for 10 s …");
-        figures.inputs.insert(
-            "idle replica CPU ms per second (change-log follower and timers)".into(),
-            idle_cpu_ms_per_second(&servers, Duration::from_secs(10)).await,
-        );
-        let mut redis = redis_connection(options.redis_url.as_deref()).await;
-        let outcome = async {
-            for count in 1..=servers.len() {
-                let (targets, polled) = (&servers[..count], &clients[..count]);
-                let host: Vec<&str> = targets.iter().map(|s| s.addr.as_str()).collect();
-                let run = RunOptions {
-                    host: Some(host.join(",")),
-                    data_dir: Some(data_dir.to_path_buf()),
-                    duration_factor: options.duration_factor,
-                    connections: Some(count * CONNECTIONS_PER_REPLICA),
-                    // Each count reads its own part of the uniform file, so
-                    // its keys are new to every tier (hot keys repeat by
-                    // design).
-                    start_at: (count - 1) as f64 / servers.len() as f64,
-                    ..RunOptions::default()
-                };
-                for (name, rate) in SCENARIOS {
-                    let stem = name.trim_end_matches(".json");
-                    let run = RunOptions {
-                        rps: Some(rate * count as f64),
-                        ..run.clone()
-                    };
-                    if WARMED.contains(&name) {
-                        warm(targets, &options.configs.join(name), data_dir).await?;
-                    }
-                    eprintln!("running {stem} across {count} replica(s) …");
-                    let before = futures::future::join_all(targets.iter().map(sample)).await;
-                    let commands_before = redis_commands(&mut redis).await;
-                    let stop = AtomicBool::new(false);
-                    let (scenario, seen) = tokio::join!(
-                        async {
-                            let result = run_scenario(&options.configs.join(name), &run).await;
-                            stop.store(true, Ordering::Release);
-                            result
-                        },
-                        prober.probe(polled, &stop)
-                    );
-                    let (mut scenario, seen) = (scenario?, seen?);
-                    settle_audit(targets).await;
-                    let after = futures::future::join_all(targets.iter().map(sample)).await;
-                    let commands = match (commands_before, redis_commands(&mut redis).await) {
-                        (Some(b), Some(a)) => Some(a - b),
-                        _ => None,
-                    };
-                    let first_row = figures.rows.len();
-                    for (i, (b, a)) in before.iter().zip(&after).enumerate() {
-                        let decisions = (a.decisions - b.decisions).max(0.0);
-                        let cpu = (a.cpu_seconds - b.cpu_seconds).max(0.0);
-                        let lookups = a.lookups - b.lookups;
-                        figures.rows.push(ReplicaRow {
-                            replicas: count,
-                            scenario: stem.to_owned(),
-                            replica: i + 1,
-                            decisions: decisions as u64,
-                            cpu_seconds: cpu,
-                            cpu_ms_per_1000_decisions: (decisions > 0.0)
-                                .then(|| cpu * 1e6 / decisions),
-                            hit_rate: (lookups > 0.0).then(|| (a.cached - b.cached) / lookups),
-                            computations: (a.computations - b.computations).max(0.0) as u64,
-                            db_queries: (a.db_queries - b.db_queries).max(0.0) as u64,
-                        });
-                    }
-                    let seconds = scenario.overall.seconds;
-                    if let Some(cost) = Cost::of(&figures.rows[first_row..], seconds, commands) {
-                        figures.cost.push(cost);
-                    }
-                    figures.staleness.push(staleness(count, stem, &seen));
-                    scenario.name = format!("{stem} x{count}");
-                    report.scenarios.push(scenario);
+    let mut measuring = Measuring {
+        options,
+        data_dir,
+        prober: Prober::create(url).await?,
+        redis: redis_connection(options.redis_url.as_deref()).await,
+        figures: ReplicaReport::default(),
+    };
+    let outcome = async {
+        for count in 1..=options.replicas {
+            let mut servers: Vec<Server> = Vec::new();
+            let result = async {
+                for _ in 0..count {
+                    let mut server = servers::start_server(options, url)?;
+                    servers::wait_serving(&server.addr, &mut server.child).await?;
+                    servers.push(server);
                 }
+                if count == options.replicas {
+                    eprintln!("measuring {count} idle replicas for 10 s …");
+                    measuring.figures.inputs.insert(
+                        "idle replica CPU ms per second (change-log follower and timers)".into(),
+                        idle_cpu_ms_per_second(&servers, Duration::from_secs(10)).await,
+                    );
+                }
+                measuring.count(&servers, report).await
             }
-            Ok::<(), LoadError>(())
+            .await;
+            for server in servers {
+                server.stop().await;
+            }
+            result?;
         }
-        .await;
-        prober.remove().await;
-        outcome?;
-        if let Some(bytes) = audit_bytes_per_row(url).await {
-            figures.inputs.insert(
-                "audit bytes per decision (PostgreSQL, on disk)".into(),
-                bytes,
-            );
-        }
-        figures.relate_to_one_replica();
-        report.replicas = Some(figures);
-        Ok(())
+        Ok::<(), LoadError>(())
     }
     .await;
-    for server in servers {
-        server.stop().await;
+    let Measuring {
+        prober,
+        mut figures,
+        ..
+    } = measuring;
+    prober.remove().await;
+    outcome?;
+    if let Some(bytes) = audit_bytes_per_row(url).await {
+        figures.inputs.insert(
+            "audit bytes per decision (PostgreSQL, on disk)".into(),
+            bytes,
+        );
     }
-    result
+    figures.relate_to_one_replica();
+    report.replicas = Some(figures);
+    Ok(())
+}
+
+impl Measuring<'_> {
+    /// The scenarios across `targets` (fresh replicas, all of them).
+    async fn count(&mut self, targets: &[Server], report: &mut RunReport) -> Result<(), LoadError> {
+        let (options, data_dir, count) = (self.options, self.data_dir, targets.len());
+        let mut polled = Vec::new();
+        for server in targets {
+            polled.push(client(&server.addr).await?);
+        }
+        let host: Vec<&str> = targets.iter().map(|s| s.addr.as_str()).collect();
+        let run = RunOptions {
+            host: Some(host.join(",")),
+            data_dir: Some(data_dir.to_path_buf()),
+            duration_factor: options.duration_factor,
+            connections: Some(count * CONNECTIONS_PER_REPLICA),
+            // Each count reads its own part of the uniform file, so its keys
+            // are new to every tier (hot keys repeat by design).
+            start_at: (count - 1) as f64 / options.replicas as f64,
+            ..RunOptions::default()
+        };
+        for (name, rate) in SCENARIOS {
+            let stem = name.trim_end_matches(".json");
+            let run = RunOptions {
+                rps: Some(rate * count as f64),
+                ..run.clone()
+            };
+            if WARMED.contains(&name) {
+                warm(targets, &options.configs.join(name), data_dir).await?;
+            }
+            eprintln!("running {stem} across {count} replica(s) …");
+            let before = futures::future::join_all(targets.iter().map(sample)).await;
+            let commands_before = redis_commands(&mut self.redis).await;
+            let stop = AtomicBool::new(false);
+            let (scenario, seen) = tokio::join!(
+                async {
+                    let result = run_scenario(&options.configs.join(name), &run).await;
+                    stop.store(true, Ordering::Release);
+                    result
+                },
+                self.prober.probe(&polled, &stop)
+            );
+            let (mut scenario, seen) = (scenario?, seen?);
+            settle_audit(targets).await;
+            let after = futures::future::join_all(targets.iter().map(sample)).await;
+            let commands = match (commands_before, redis_commands(&mut self.redis).await) {
+                (Some(b), Some(a)) => Some(a - b),
+                _ => None,
+            };
+            let figures = &mut self.figures;
+            let first_row = figures.rows.len();
+            for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+                let decisions = (a.decisions - b.decisions).max(0.0);
+                let cpu = (a.cpu_seconds - b.cpu_seconds).max(0.0);
+                let lookups = a.lookups - b.lookups;
+                figures.rows.push(ReplicaRow {
+                    replicas: count,
+                    scenario: stem.to_owned(),
+                    replica: i + 1,
+                    decisions: decisions as u64,
+                    cpu_seconds: cpu,
+                    cpu_ms_per_1000_decisions: (decisions > 0.0).then(|| cpu * 1e6 / decisions),
+                    hit_rate: (lookups > 0.0).then(|| (a.cached - b.cached) / lookups),
+                    computations: (a.computations - b.computations).max(0.0) as u64,
+                    db_queries: (a.db_queries - b.db_queries).max(0.0) as u64,
+                });
+            }
+            let seconds = scenario.overall.seconds;
+            if let Some(cost) = Cost::of(&figures.rows[first_row..], seconds, commands) {
+                figures.cost.push(cost);
+            }
+            figures.staleness.push(staleness(count, stem, &seen));
+            scenario.name = format!("{stem} x{count}");
+            report.scenarios.push(scenario);
+        }
+        Ok(())
+    }
 }
