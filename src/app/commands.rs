@@ -22,7 +22,7 @@ const CLI_HASH_WAIT: Duration = Duration::from_secs(60);
 
 /// The configured database, migrated.
 pub async fn open(settings: &Settings) -> Result<Arc<dyn Store>, AuthzError> {
-    let store = store::connect(&settings.database_url, &settings.pool()).await?;
+    let store = store::connect(&settings.database_url, &settings.command_pool()).await?;
     store.migrate().await?;
     Ok(store)
 }
@@ -271,7 +271,7 @@ pub fn print_config(settings: &Settings) -> Result<(), AuthzError> {
 
 /// Applies the migrations and exits.
 pub async fn migrate(settings: &Settings) -> Result<(), AuthzError> {
-    let store = store::connect(&settings.database_url, &settings.pool()).await?;
+    let store = store::connect(&settings.database_url, &settings.command_pool()).await?;
     store.migrate().await?;
     store.close().await;
     say!(
@@ -288,7 +288,7 @@ pub async fn seed_workload(settings: &Settings, scale: f64, seed: u64) -> Result
             "--scale {scale} must be above 0 and at most 100"
         )));
     }
-    let store = store::connect(&settings.database_url, &settings.pool()).await?;
+    let store = store::connect(&settings.database_url, &settings.command_pool()).await?;
     store.migrate().await?;
     if !store.is_empty().await? {
         return Err(AuthzError::invalid(format!(

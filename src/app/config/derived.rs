@@ -123,11 +123,21 @@ impl Settings {
         }
     }
 
+    /// The decisions pool of a serving replica.
     pub fn pool(&self) -> crate::store::PoolConfig {
         crate::store::PoolConfig {
             max_connections: self.db_max_connections,
             min_connections: self.db_min_connections,
             acquire_timeout: self.db_acquire_timeout.0,
+        }
+    }
+
+    /// A one-shot command's pool: it opens only the connections it uses
+    /// (keeping `db_min_connections` open serves no later request).
+    pub fn command_pool(&self) -> crate::store::PoolConfig {
+        crate::store::PoolConfig {
+            min_connections: 0,
+            ..self.pool()
         }
     }
 }
