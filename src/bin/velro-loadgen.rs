@@ -171,6 +171,7 @@ async fn execute(command: Command) -> Result<(), LoadError> {
                 connections: None,
                 start_at: 0.0,
                 rps: None,
+                concurrency: None,
                 one_pass: false,
             };
             let mut report = RunReport {

@@ -59,6 +59,9 @@ pub struct RunOptions {
     /// Replaces every config's load with an open loop at this rate
     /// (requests a second) for the config's duration.
     pub rps: Option<f64>,
+    /// Replaces every config's `concurrency` (requests in flight; the
+    /// connections stay at most this many).
+    pub concurrency: Option<usize>,
     /// Sends every request of the data file once (from `start_at`) instead
     /// of running for the config's duration: a warm-up that must cover the
     /// whole file whatever the machine's speed.
@@ -76,6 +79,7 @@ impl Default for RunOptions {
             connections: None,
             start_at: 0.0,
             rps: None,
+            concurrency: None,
             one_pass: false,
         }
     }
@@ -124,6 +128,9 @@ fn adjust(mut plan: Plan, options: &RunOptions) -> Plan {
             rps,
             duration: plan.duration,
         }]);
+    }
+    if let Some(concurrency) = options.concurrency {
+        plan.concurrency = concurrency.max(1);
     }
     if let Some(connections) = options.connections {
         plan.connections = connections.clamp(1, plan.concurrency.max(1));

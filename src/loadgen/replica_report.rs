@@ -25,6 +25,8 @@ pub struct ReplicaRow {
     pub computations: u64,
     /// Decision-path database queries (pool acquisitions).
     pub db_queries: u64,
+    /// Requests this replica shed RESOURCE_EXHAUSTED (any signal).
+    pub shed: u64,
 }
 
 /// Time from a committed write to every replica answering accordingly.
@@ -114,12 +116,19 @@ impl ReplicaReport {
     pub fn print(&self) {
         println!();
         println!(
-            "{:<9} {:<24} {:>8} {:>10} {:>8} {:>16} {:>7}",
-            "replicas", "scenario", "replica", "decisions", "CPU s", "CPU ms/1000 dec", "hit %"
+            "{:<9} {:<24} {:>8} {:>10} {:>8} {:>16} {:>7} {:>6}",
+            "replicas",
+            "scenario",
+            "replica",
+            "decisions",
+            "CPU s",
+            "CPU ms/1000 dec",
+            "hit %",
+            "shed"
         );
         for r in &self.rows {
             println!(
-                "{:<9} {:<24} {:>8} {:>10} {:>8.2} {:>16} {:>7}",
+                "{:<9} {:<24} {:>8} {:>10} {:>8.2} {:>16} {:>7} {:>6}",
                 r.replicas,
                 r.scenario,
                 r.replica,
@@ -129,6 +138,7 @@ impl ReplicaReport {
                     .map_or("-".into(), |c| format!("{c:.1}")),
                 r.hit_rate
                     .map_or("-".into(), |h| format!("{:.1}", h * 100.0)),
+                r.shed,
             );
         }
         println!();

@@ -141,6 +141,21 @@ async fn short_runs_open_and_closed_loop() {
     assert_eq!(r.mode, "closed-loop");
     assert_clean(&r, 300, 300);
 
+    // The replica report's override: this many in flight, whatever the
+    // config says (a rate, here), so the run is a closed loop.
+    let three_in_flight = RunOptions {
+        concurrency: Some(3),
+        ..options.clone()
+    };
+    let r = run_scenario(&open, &three_in_flight).await.unwrap();
+    assert_eq!(r.mode, "open-loop", "a rate in the config stays a rate");
+    assert_clean(&r, 200, 200);
+    let r = run_scenario(&closed, &three_in_flight).await.unwrap();
+    assert_eq!(r.mode, "closed-loop");
+    let labels: Vec<&str> = r.steps.iter().map(|s| s.label.as_str()).collect();
+    assert_eq!(labels, ["c=3"], "the config's 8 in flight replaced");
+    assert_clean(&r, 300, 300);
+
     let r = run_scenario(&open, &options).await.unwrap();
     assert_eq!(r.mode, "open-loop");
     assert_clean(&r, 200, 200);
