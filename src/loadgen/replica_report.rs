@@ -25,8 +25,9 @@ pub struct ReplicaRow {
     pub computations: u64,
     /// Decision-path database queries (pool acquisitions).
     pub db_queries: u64,
-    /// Requests this replica shed RESOURCE_EXHAUSTED (any signal).
-    pub shed: u64,
+    /// Requests this replica shed RESOURCE_EXHAUSTED, by signal
+    /// (`runtime_lag`, `in_flight`, `database_queue`, `connection_backlog`).
+    pub shed: BTreeMap<String, u64>,
 }
 
 /// Time from a committed write to every replica answering accordingly.
@@ -138,7 +139,7 @@ impl ReplicaReport {
                     .map_or("-".into(), |c| format!("{c:.1}")),
                 r.hit_rate
                     .map_or("-".into(), |h| format!("{:.1}", h * 100.0)),
-                r.shed,
+                r.shed.values().sum::<u64>(),
             );
         }
         println!();
@@ -166,6 +167,12 @@ impl ReplicaReport {
                 or_dash(c.redis_commands_per_decision, 3),
                 c.misses_per_decision,
                 or_dash(c.db_queries_per_miss, 2),
+            );
+        }
+        for r in self.rows.iter().filter(|r| !r.shed.is_empty()) {
+            println!(
+                "# shed by {} replica(s), {} on replica {}: {:?}",
+                r.replicas, r.scenario, r.replica, r.shed
             );
         }
         for (name, value) in &self.inputs {

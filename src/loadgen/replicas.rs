@@ -8,6 +8,7 @@
 //! decision).
 
 use std::{
+    collections::BTreeMap,
     path::Path,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -55,7 +56,7 @@ const AUDIT_SETTLE_AT_MOST: Duration = Duration::from_secs(180);
 const TICKS_PER_SECOND: f64 = 100.0;
 
 /// A replica's counters at one moment.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Sample {
     cpu_seconds: f64,
     decisions: f64,
@@ -63,7 +64,15 @@ struct Sample {
     cached: f64,
     computations: f64,
     db_queries: f64,
-    shed: f64,
+    /// Requests shed so far, by signal (the metric's `reason` label).
+    shed: BTreeMap<String, f64>,
+}
+
+/// The signal of a `velro_authz_requests_shed_total{reason="…"}` sample.
+fn shed_signal(name: &str) -> Option<&str> {
+    let labels = name.strip_prefix("velro_authz_requests_shed_total{")?;
+    let (_, rest) = labels.split_once("reason=\"")?;
+    rest.split_once('"').map(|(reason, _)| reason)
 }
 
 /// User + system CPU of a process, from /proc/<pid>/stat.
@@ -106,7 +115,10 @@ async fn sample(server: &Server) -> Sample {
         }),
         computations: sum(&|n| n.starts_with("velro_authz_permission_computations_total")),
         db_queries: sum(&|n| n == "velro_authz_db_pool_acquire_seconds_count"),
-        shed: sum(&|n| n.starts_with("velro_authz_requests_shed_total")),
+        shed: metrics
+            .iter()
+            .filter_map(|(name, v)| Some((shed_signal(name)?.to_owned(), *v)))
+            .collect(),
     }
 }
 
@@ -350,7 +362,15 @@ impl Measuring<'_> {
                     hit_rate: (lookups > 0.0).then(|| (a.cached - b.cached) / lookups),
                     computations: (a.computations - b.computations).max(0.0) as u64,
                     db_queries: (a.db_queries - b.db_queries).max(0.0) as u64,
-                    shed: (a.shed - b.shed).max(0.0) as u64,
+                    shed: a
+                        .shed
+                        .iter()
+                        .map(|(signal, n)| {
+                            let before = b.shed.get(signal).copied().unwrap_or(0.0);
+                            (signal.clone(), (n - before).max(0.0) as u64)
+                        })
+                        .filter(|(_, n)| *n > 0)
+                        .collect(),
                 });
             }
             let seconds = scenario.overall.seconds;
@@ -362,5 +382,21 @@ impl Measuring<'_> {
             report.scenarios.push(scenario);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shed_signal;
+
+    #[test]
+    fn shed_samples_are_read_by_signal() {
+        let lag = r#"velro_authz_requests_shed_total{reason="runtime_lag"}"#;
+        assert_eq!(shed_signal(lag), Some("runtime_lag"));
+        assert_eq!(shed_signal("velro_authz_requests_shed_total"), None);
+        assert_eq!(
+            shed_signal(r#"velro_authz_decisions_total{reason="x"}"#),
+            None
+        );
     }
 }
