@@ -141,8 +141,8 @@ async fn short_runs_open_and_closed_loop() {
     assert_eq!(r.mode, "closed-loop");
     assert_clean(&r, 300, 300);
 
-    // The replica report's override: this many in flight, whatever the
-    // config says (a rate, here), so the run is a closed loop.
+    // The replica report's override: this many in flight instead of the
+    // config's; the kind of load stays the config's (a rate stays a rate).
     let three_in_flight = RunOptions {
         concurrency: Some(3),
         ..options.clone()
