@@ -9,7 +9,7 @@ use crate::auth::{
     events::SecurityEvents,
     jwt::TokenService,
     keys::KeyRing,
-    password::PasswordHashing,
+    password::{HashWorkers, PasswordHashing},
     throttle::{Throttle, ThrottlePolicy},
 };
 use crate::support::{foreground::Foreground, metrics::Metrics};
@@ -45,7 +45,10 @@ pub async fn authenticator(
     tokens.start_jwks_refresh().await;
     let hashing = PasswordHashing::new(
         settings.hash_params(),
-        settings.password_threads(),
+        HashWorkers {
+            threads: settings.password_threads(),
+            nice: settings.password_nice,
+        },
         settings.password_queue,
         settings.password_max_wait.0,
     )

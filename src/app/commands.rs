@@ -9,7 +9,10 @@ use uuid::Uuid;
 use crate::app::output::say;
 use crate::{
     app::{config::Settings, demo},
-    auth::{keys, password::PasswordHashing},
+    auth::{
+        keys,
+        password::{HashWorkers, PasswordHashing},
+    },
     error::AuthzError,
     layers::media_access::signer::{SignedUrl, UrlSigner, Verified},
     model::workload,
@@ -19,6 +22,11 @@ use crate::{
 
 /// A command hashes one password at a time and may wait for it.
 const CLI_HASH_WAIT: Duration = Duration::from_secs(60);
+/// A one-shot command hashes on one thread at its own priority.
+const CLI_HASHING: HashWorkers = HashWorkers {
+    threads: 1,
+    nice: 0,
+};
 
 /// The configured database, migrated.
 pub async fn open(settings: &Settings) -> Result<Arc<dyn Store>, AuthzError> {
@@ -57,7 +65,8 @@ pub async fn add_user(
         )));
     }
     let store = open(settings).await?;
-    let hashing = PasswordHashing::new(settings.hash_params(), 1, 1, CLI_HASH_WAIT).await?;
+    let hashing =
+        PasswordHashing::new(settings.hash_params(), CLI_HASHING, 1, CLI_HASH_WAIT).await?;
     let hash = hashing.hash(password).await?;
     let id = Uuid::now_v7();
     store.add_user(id, email, &hash).await?;
@@ -299,9 +308,13 @@ pub async fn seed_workload(settings: &Settings, scale: f64, seed: u64) -> Result
     let mut data = workload::generate(scale, seed);
     // Every generated user gets the same argon2id hash of one known password
     // (hashing 10,000 passwords would take minutes and measure nothing).
-    let hashing =
-        crate::auth::password::PasswordHashing::new(settings.hash_params(), 1, 1, CLI_HASH_WAIT)
-            .await?;
+    let hashing = crate::auth::password::PasswordHashing::new(
+        settings.hash_params(),
+        CLI_HASHING,
+        1,
+        CLI_HASH_WAIT,
+    )
+    .await?;
     data.password_hash = Some(hashing.hash(workload::WORKLOAD_PASSWORD.to_owned()).await?);
     store.insert_dataset(&data).await?;
     store.close().await;

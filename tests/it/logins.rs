@@ -12,7 +12,7 @@ use tonic_types::StatusExt;
 use uuid::Uuid;
 use velro_authz::{
     audit::AuditFilter,
-    auth::password::PasswordHashing,
+    auth::password::{HashWorkers, PasswordHashing},
     proto::{self, authenticate_request::Credentials},
     support::duration::HumanDuration,
 };
@@ -167,9 +167,17 @@ async fn warming_waits_until_no_login_is_in_progress() {
     // warm-up's deferral.
     s.argon2_memory_kib = 32 * 1024;
     s.argon2_iterations = 2;
-    let hashing = PasswordHashing::new(s.hash_params(), 1, 1, Duration::from_secs(60))
-        .await
-        .unwrap();
+    let hashing = PasswordHashing::new(
+        s.hash_params(),
+        HashWorkers {
+            threads: 1,
+            nice: 0,
+        },
+        1,
+        Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     world.data.password_hash = Some(hashing.hash(PASSWORD.into()).await.unwrap());
     db.store().await.insert_dataset(&world.data).await.unwrap();
     let mut server = Process::start(

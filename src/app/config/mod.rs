@@ -440,6 +440,18 @@ pub struct Settings {
     )]
     pub password_max_wait: HumanDuration,
 
+    /// The hashing threads' nice value, 0 to 19 (0: the process's own).
+    /// Above 0, a contended CPU runs the decisions first and a hash gets
+    /// what is left: a login can wait 20 ms, an authorization should not.
+    #[arg(
+        long,
+        env = "VELRO_PASSWORD_NICE",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u8).range(0..=19),
+        global = true
+    )]
+    pub password_nice: u8,
+
     /// Failed logins per account before delays start.
     #[arg(
         long,

@@ -7,7 +7,10 @@ use tonic::{Request, Status};
 use uuid::Uuid;
 use velro_authz::{
     app::config::Settings,
-    auth::{jwt::ExternalIssuer, password::PasswordHashing},
+    auth::{
+        jwt::ExternalIssuer,
+        password::{HashWorkers, PasswordHashing},
+    },
     proto::{self, authenticate_request::Credentials},
     support::duration::HumanDuration,
 };
@@ -151,9 +154,17 @@ pub async fn auth_server(kind: Db, tweak: impl FnOnce(&mut Settings)) -> AuthWor
     let db = TestDb::create(kind).await;
     let mut world = World::new();
     let mut s = settings(&db.url);
-    let hashing = PasswordHashing::new(s.hash_params(), 1, 1, std::time::Duration::from_secs(60))
-        .await
-        .unwrap();
+    let hashing = PasswordHashing::new(
+        s.hash_params(),
+        HashWorkers {
+            threads: 1,
+            nice: 0,
+        },
+        1,
+        std::time::Duration::from_secs(60),
+    )
+    .await
+    .unwrap();
     world.data.password_hash = Some(hashing.hash(PASSWORD.into()).await.unwrap());
     db.store()
         .await
